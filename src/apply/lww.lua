@@ -1,0 +1,495 @@
+-- Regis last-writer-wins applier. One call applies a batch of messages to one database.
+--
+-- KEYS: three per data key, in the order the batch first names them:
+--   KEYS[3i-2] the data key K
+--   KEYS[3i-1] its metadata hash M   (__regis:m:{...})
+--   KEYS[3i]   its counter records R (__regis:c:{...})
+-- ARGV: tombstone ttl (ms), counter cutoff version, message count, then per message its op
+-- count and ops. An op is: code, key index i, version, operands (see lww.rs).
+--
+-- Versions are 19-digit zero-padded strings: string order is version order.
+-- M holds: f floor (last whole-key write or delete), t TTL register version, d deadline ms
+-- (0 = none), e the version just after d's millisecond, x M's own expiry ms (0 = none),
+-- c '1' when R exists, g the newest member register, and '.'..member -> version for every
+-- hash field / set member / sorted-set member written or removed.
+-- R is a sorted set (all scores 0) of counter records "<version>|<kind><delta>|<field>";
+-- kind i=INCRBY f=INCRBYFLOAT h=HINCRBY g=HINCRBYFLOAT z=ZINCRBY.
+--
+-- Returns one entry per message: 0 when applied (or superseded), else the error text.
+
+local ZERO = '0000000000000000000'
+local TOMB = tonumber(ARGV[1])
+local CUTOFF = ARGV[2]
+local clock = redis.call('TIME')
+local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local function vmax(a, b)
+  if a > b then return a end
+  return b
+end
+
+-- redis.call that raises a catchable error instead of aborting the script.
+local function call(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then error(r.err, 0) end
+  return r
+end
+
+-- Calls `cmd head... items...` in chunks, so huge member lists stay within Lua's stack.
+local function chunked(cmd, head, items)
+  local n = #items
+  local i = 1
+  while i <= n do
+    local args = {}
+    for _, h in ipairs(head) do args[#args + 1] = h end
+    local last = math.min(n, i + 999)
+    for j = i, last do args[#args + 1] = items[j] end
+    call(cmd, unpack(args))
+    i = last + 1
+  end
+end
+
+local function K(i) return KEYS[3 * i - 2] end
+local function M(i) return KEYS[3 * i - 1] end
+local function R(i) return KEYS[3 * i] end
+
+local states = {}
+
+local function save(i, s, ...)
+  local args = {}
+  for _, field in ipairs({...}) do
+    args[#args + 1] = field
+    local v = s[field]
+    if type(v) == 'boolean' then v = v and '1' or '0' end
+    args[#args + 1] = v
+  end
+  call('HSET', M(i), unpack(args))
+end
+
+-- Keeps M (and R) alive exactly as long as needed: forever while the key lives without a
+-- TTL, until deadline + tombstone ttl with one, tombstone ttl after it is gone.
+local function meta_expiry(i, s, exists)
+  local want
+  if exists then
+    if s.d > 0 then want = s.d + TOMB else want = 0 end
+  else
+    if s.d > 0 then want = s.d + TOMB
+    elseif s.x > 0 then want = s.x
+    else want = NOW + TOMB end
+  end
+  if want == s.x then return end
+  s.x = want
+  save(i, s, 'x')
+  if want == 0 then
+    call('PERSIST', M(i))
+    if s.c then call('PERSIST', R(i)) end
+  else
+    call('PEXPIREAT', M(i), want)
+    if s.c then call('PEXPIREAT', R(i), want) end
+  end
+end
+
+local function exists(i)
+  return redis.call('EXISTS', K(i)) == 1
+end
+
+-- Counter records newer than `from`, in version order, that `wanted(kind, field)` selects,
+-- re-applied on top of the current value.
+local function replay(i, s, from, wanted)
+  if not s.c then return end
+  local records = call('ZRANGEBYLEX', R(i), '(' .. from .. '}', '+')
+  for _, rec in ipairs(records) do
+    local kind = string.sub(rec, 21, 21)
+    local rest = string.sub(rec, 22)
+    local bar = string.find(rest, '|', 1, true)
+    local delta = string.sub(rest, 1, bar - 1)
+    local field = string.sub(rest, bar + 1)
+    if wanted(kind, field) then
+      if kind == 'i' then call('INCRBY', K(i), delta)
+      elseif kind == 'f' then call('INCRBYFLOAT', K(i), delta)
+      elseif kind == 'h' then call('HINCRBY', K(i), field, delta)
+      elseif kind == 'g' then call('HINCRBYFLOAT', K(i), field, delta)
+      elseif kind == 'z' then call('ZINCRBY', K(i), delta, field) end
+    end
+  end
+end
+
+local function is_string_kind(kind) return kind == 'i' or kind == 'f' end
+
+-- Removes every '.' register (all are older than the new floor).
+local function drop_registers(i, s)
+  if s.g == ZERO then return end
+  local fields = call('HKEYS', M(i))
+  local dead = {}
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 1) == '.' then dead[#dead + 1] = f end
+  end
+  chunked('HDEL', {M(i)}, dead)
+  s.g = ZERO
+end
+
+local function register_of(i, member)
+  return redis.call('HGET', M(i), '.' .. member) or ZERO
+end
+
+-- Everything of the key older than `vd` is gone; newer member and counter writes stay.
+local function destroy(i, s, vd)
+  if vd <= s.f then return false end
+  s.f = vd
+  if s.t < vd then s.d = 0 end
+  local kept_registers = {}
+  if s.g > vd then
+    -- Some members were written after vd: keep exactly those.
+    local kind = redis.call('TYPE', K(i))['ok']
+    local members
+    if kind == 'hash' then members = call('HKEYS', K(i))
+    elseif kind == 'set' then members = call('SMEMBERS', K(i))
+    elseif kind == 'zset' then members = call('ZRANGE', K(i), 0, -1)
+    else members = {} end
+    local gone = {}
+    for _, m in ipairs(members) do
+      local r = register_of(i, m)
+      if r <= vd then gone[#gone + 1] = m else kept_registers[m] = r end
+    end
+    if kind == 'hash' then chunked('HDEL', {K(i)}, gone)
+    elseif kind == 'set' then chunked('SREM', {K(i)}, gone)
+    elseif kind == 'zset' then chunked('ZREM', {K(i)}, gone)
+    elseif kind ~= 'none' then call('DEL', K(i)) end
+    -- Registers older than vd are dead; drop them, keep the newer ones.
+    local fields = call('HKEYS', M(i))
+    local dead = {}
+    for _, f in ipairs(fields) do
+      if string.sub(f, 1, 1) == '.' and register_of(i, string.sub(f, 2)) <= vd then dead[#dead + 1] = f end
+    end
+    chunked('HDEL', {M(i)}, dead)
+  else
+    call('DEL', K(i))
+    drop_registers(i, s)
+  end
+  if s.c then
+    -- Increments after vd start again from nothing, except on members assigned after vd.
+    replay(i, s, vd, function(kind, field)
+      if is_string_kind(kind) then return true end
+      local r = kept_registers[field]
+      return r == nil
+    end)
+    call('ZREMRANGEBYLEX', R(i), '-', '(' .. vd)
+  end
+  return true
+end
+
+local function apply_deadline(i, s)
+  if s.d > 0 then call('PEXPIREAT', K(i), s.d) end
+end
+
+-- Loads (and caches) the key's metadata; a deadline that has passed becomes a delete.
+local function load(i)
+  local s = states[i]
+  if s then return s end
+  local r = redis.call('HMGET', M(i), 'f', 't', 'd', 'e', 'x', 'c', 'g')
+  s = {
+    f = r[1] or ZERO, t = r[2] or ZERO, d = tonumber(r[3] or '0'), e = r[4] or ZERO,
+    x = tonumber(r[5] or '0'), c = r[6] == '1', g = r[7] or ZERO,
+  }
+  states[i] = s
+  if s.d > 0 and s.d < NOW then
+    -- Redis expired the key at d: everything written before then is gone for good.
+    destroy(i, s, vmax(s.t, s.e))
+    s.d = 0
+    save(i, s, 'f', 'd', 'g')
+  end
+  return s
+end
+
+-- Records a counter increment once; false when it was applied before.
+local function record(i, s, version, kind, delta, field)
+  local rec = version .. '|' .. kind .. delta .. '|' .. field
+  if call('ZADD', R(i), 'NX', 0, rec) == 0 then return nil end
+  if not s.c then
+    s.c = true
+    save(i, s, 'c')
+    if s.x > 0 then call('PEXPIREAT', R(i), s.x) end
+  end
+  return rec
+end
+
+-- Runs an increment; on failure forgets its record so a retry can apply it.
+local function increment(i, rec, ...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    redis.call('ZREM', R(i), rec)
+    error(r.err, 0)
+  end
+  redis.call('ZREMRANGEBYLEX', R(i), '-', '(' .. CUTOFF)
+end
+
+-- Applies `pairs` ({member, value} or {member}) whose registers are older than v; returns
+-- the members written.
+local function newer_members(i, s, v, members)
+  local regs = {}
+  local names = {}
+  for j, m in ipairs(members) do names[j] = '.' .. m end
+  local got = {}
+  local j = 1
+  while j <= #names do
+    local last = math.min(#names, j + 999)
+    local part = redis.call('HMGET', M(i), unpack(names, j, last))
+    for k = 1, #part do got[j + k - 1] = part[k] end
+    j = last + 1
+  end
+  local fresh = {}
+  for k, m in ipairs(members) do
+    if v > (got[k] or ZERO) then fresh[#fresh + 1] = k end
+  end
+  return fresh
+end
+
+local function set_registers(i, s, v, members, fresh)
+  local args = {}
+  for _, k in ipairs(fresh) do
+    args[#args + 1] = '.' .. members[k]
+    args[#args + 1] = v
+  end
+  if v > s.g then
+    s.g = v
+    args[#args + 1] = 'g'
+    args[#args + 1] = v
+  end
+  chunked('HSET', {M(i)}, args)
+end
+
+local ops = {}
+
+-- SET key value [PXAT d | KEEPTTL]: a whole-key write; operands: value, ttl mode, d, e.
+ops.S = function(i, v, a)
+  local value, mode, d, e = a[1], a[2], tonumber(a[3]), a[4]
+  local s = load(i)
+  if v <= s.f then return end
+  if v > s.t then
+    if mode == 'C' then s.t = v; s.d = 0; s.e = ZERO
+    elseif mode == 'A' then s.t = v; s.d = d; s.e = e end
+  end
+  s.f = v
+  if s.g ~= ZERO and s.g <= v then drop_registers(i, s) end
+  if s.d > 0 and s.d < NOW then
+    -- Born expired: a delete at the later of this write and its deadline.
+    call('DEL', K(i))
+    s.f = vmax(v, vmax(s.t, s.e))
+    s.d = 0
+    replay(i, s, s.f, is_string_kind)
+    save(i, s, 'f', 't', 'd', 'e', 'g')
+    meta_expiry(i, s, exists(i))
+    return
+  end
+  if s.d > 0 then call('SET', K(i), value, 'PXAT', s.d) else call('SET', K(i), value) end
+  if s.c then
+    replay(i, s, v, is_string_kind)
+    call('ZREMRANGEBYLEX', R(i), '-', '(' .. v)
+  end
+  save(i, s, 'f', 't', 'd', 'e', 'g')
+  meta_expiry(i, s, true)
+end
+
+-- DEL key: operands none.
+ops.D = function(i, v, a)
+  local s = load(i)
+  if destroy(i, s, v) then
+    save(i, s, 'f', 'd', 'g')
+    local live = exists(i)
+    if live then apply_deadline(i, s) end
+    meta_expiry(i, s, live)
+  end
+end
+
+local function counter(kind, command)
+  return function(i, v, a)
+    local delta = a[1]
+    local s = load(i)
+    if v <= s.f then return end
+    local rec = record(i, s, v, kind, delta, '')
+    if not rec then return end
+    increment(i, rec, command, K(i), delta)
+    apply_deadline(i, s)
+    meta_expiry(i, s, true)
+  end
+end
+ops.I = counter('i', 'INCRBY')
+ops.F = counter('f', 'INCRBYFLOAT')
+
+local function field_counter(kind, command)
+  return function(i, v, a)
+    local member, delta = a[1], a[2]
+    local s = load(i)
+    if v <= s.f or v <= register_of(i, member) then return end
+    local rec = record(i, s, v, kind, delta, member)
+    if not rec then return end
+    if command == 'ZINCRBY' then
+      increment(i, rec, command, K(i), delta, member)
+    else
+      increment(i, rec, command, K(i), member, delta)
+    end
+    apply_deadline(i, s)
+    meta_expiry(i, s, true)
+  end
+end
+ops.HI = field_counter('h', 'HINCRBY')
+ops.HF = field_counter('g', 'HINCRBYFLOAT')
+ops.ZI = field_counter('z', 'ZINCRBY')
+
+-- Member assignments and removals: operands n, then n members (or n pairs).
+-- `pairs_first_value` is true for HSET (field value) and false for ZADD (score member).
+local function members_op(command, paired, value_first, removes, kinds)
+  return function(i, v, a)
+    local s = load(i)
+    if v <= s.f then return end
+    local n = tonumber(a[1])
+    local members, values = {}, {}
+    for j = 1, n do
+      if paired then
+        if value_first then
+          values[j] = a[2 * j]
+          members[j] = a[2 * j + 1]
+        else
+          members[j] = a[2 * j]
+          values[j] = a[2 * j + 1]
+        end
+      else
+        members[j] = a[1 + j]
+      end
+    end
+    local fresh = newer_members(i, s, v, members)
+    if #fresh == 0 then return end
+    local items = {}
+    for _, k in ipairs(fresh) do
+      if paired then
+        if value_first then
+          items[#items + 1] = values[k]
+          items[#items + 1] = members[k]
+        else
+          items[#items + 1] = members[k]
+          items[#items + 1] = values[k]
+        end
+      else
+        items[#items + 1] = members[k]
+      end
+    end
+    chunked(command, {K(i)}, items)
+    set_registers(i, s, v, members, fresh)
+    if s.c and kinds then
+      local touched = {}
+      for _, k in ipairs(fresh) do touched[members[k]] = true end
+      replay(i, s, v, function(kind, field) return kinds[kind] and touched[field] end)
+    end
+    local live = true
+    if removes then live = exists(i) end
+    if live then apply_deadline(i, s) end
+    meta_expiry(i, s, live)
+  end
+end
+local hash_kinds = { h = true, g = true }
+local zset_kinds = { z = true }
+ops.HS = members_op('HSET', true, false, false, hash_kinds)
+ops.HD = members_op('HDEL', false, false, true, hash_kinds)
+ops.SA = members_op('SADD', false, false, false, nil)
+ops.SR = members_op('SREM', false, false, true, nil)
+ops.ZA = members_op('ZADD', true, true, false, zset_kinds)
+ops.ZR = members_op('ZREM', false, false, true, zset_kinds)
+
+-- PEXPIREAT key d: operands d, e.
+ops.X = function(i, v, a)
+  local d, e = tonumber(a[1]), a[2]
+  local s = load(i)
+  if v <= s.f or v <= s.t then return end
+  s.t = v
+  if d < NOW then
+    -- Already due: a delete at the later of this write and the deadline.
+    s.d = 0
+    s.e = ZERO
+    destroy(i, s, vmax(v, e))
+    save(i, s, 'f', 't', 'd', 'e', 'g')
+    local live = exists(i)
+    if live then apply_deadline(i, s) end
+    meta_expiry(i, s, live)
+    return
+  end
+  s.d = d
+  s.e = e
+  call('PEXPIREAT', K(i), d)
+  save(i, s, 't', 'd', 'e')
+  meta_expiry(i, s, exists(i))
+end
+
+-- PERSIST key: operands none.
+ops.P = function(i, v, a)
+  local s = load(i)
+  if v <= s.f or v <= s.t then return end
+  s.t = v
+  s.d = 0
+  s.e = ZERO
+  call('PERSIST', K(i))
+  save(i, s, 't', 'd', 'e')
+  meta_expiry(i, s, exists(i))
+end
+
+-- The type each op needs (nil: any) and leaves behind.
+local needs = {
+  I = 'string', F = 'string', HI = 'hash', HF = 'hash', HS = 'hash', HD = 'hash',
+  SA = 'set', SR = 'set', ZA = 'zset', ZR = 'zset', ZI = 'zset',
+}
+local leaves = { S = 'string', D = 'none' }
+local creates = { I = true, F = true, HI = true, HF = true, HS = true, SA = true, ZA = true, ZI = true }
+
+local TYPE_WORDS = { string = 'a string', hash = 'a hash', set = 'a set', zset = 'a sorted set', list = 'a list', stream = 'a stream' }
+
+-- Parse the batch.
+local pos = 4
+local messages = {}
+for m = 1, tonumber(ARGV[3]) do
+  local count = tonumber(ARGV[pos])
+  pos = pos + 1
+  local list = {}
+  for _ = 1, count do
+    local code, i, v, nargs = ARGV[pos], tonumber(ARGV[pos + 1]), ARGV[pos + 2], tonumber(ARGV[pos + 3])
+    local operands = {}
+    for j = 1, nargs do operands[j] = ARGV[pos + 3 + j] end
+    pos = pos + 4 + nargs
+    list[#list + 1] = { code = code, i = i, v = v, a = operands }
+  end
+  messages[m] = list
+end
+
+-- Refuses a message that would hit WRONGTYPE before any of it is written, so a poison
+-- message changes nothing.
+local function check_types(list)
+  local planned = {}
+  for _, op in ipairs(list) do
+    local want = needs[op.code]
+    if want and op.v > load(op.i).f then
+      if planned[op.i] == nil then planned[op.i] = redis.call('TYPE', K(op.i))['ok'] end
+      local have = planned[op.i]
+      if have ~= 'none' and have ~= want then
+        error('WRONGTYPE Operation against a key holding the wrong kind of value ('
+          .. (TYPE_WORDS[want] or want) .. ' command on ' .. (TYPE_WORDS[have] or have)
+          .. ' in this region)', 0)
+      end
+      if creates[op.code] and have == 'none' then planned[op.i] = want end
+    end
+    if leaves[op.code] then planned[op.i] = leaves[op.code] end
+  end
+end
+
+local results = {}
+for m, list in ipairs(messages) do
+  local ok, err = pcall(function()
+    check_types(list)
+    for _, op in ipairs(list) do ops[op.code](op.i, op.v, op.a) end
+  end)
+  if ok then
+    results[m] = 0
+  else
+    -- The cache may describe writes that failed half-way; reload from Redis next time.
+    states = {}
+    results[m] = tostring(err)
+  end
+end
+return results

@@ -1,0 +1,435 @@
+//! The hub's configuration file (`regis.toml`).
+//!
+//! Every section is a serde struct that refuses unknown keys, every field has a documented
+//! default, and [`Config::load`] checks what serde cannot (unique region names, parseable
+//! Redis URLs, `tombstone_ttl >= dead_letter_retention`, …) so a bad file fails at start
+//! with the file, the key and what is expected. `regis.example.toml` at the repository root
+//! documents every key and is parsed by a test.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::MAX_ORIGIN;
+use crate::command::Convergence;
+use crate::envelope::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// A configuration problem, with where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value serde accepted but Regis cannot use.
+    #[error("config file {path}: `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// The whole hub configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the embedded bus (created if missing). Default `"regis-data"`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How regions reconcile concurrent updates: `"lww"` (default) or `"none"`.
+    #[serde(default)]
+    pub convergence: Convergence,
+    /// Largest encoded message accepted, in bytes. Default 262144 (256 KiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// This hub's origin id in versions, 0..=1023; give every hub publishing to one bus its
+    /// own. Default 0.
+    #[serde(default)]
+    pub node_id: u16,
+    /// How long version metadata (tombstones, counter records) is kept in each region after
+    /// the write it describes. Must be at least `delivery.dead_letter_retention`, which is
+    /// its default.
+    #[serde(default, with = "humantime_serde")]
+    pub tombstone_ttl: Option<Duration>,
+    /// The HTTP listener (publish API, status, dead letters, metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Delivery semantics shared by every region's queue.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Defaults for every region's worker.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// The regions; each gets its own queue and worker. At least one.
+    #[serde(default)]
+    pub regions: Vec<RegionConfig>,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default `"127.0.0.1:7700"`.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[delivery]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Receives before a failing message moves to the region's dead letters. Default 5.
+    #[serde(default = "default_max_receives")]
+    pub max_receives: u32,
+    /// How long a received message stays invisible to other consumers before it is
+    /// delivered again if not settled. Default `"30s"`.
+    #[serde(default = "default_visibility_timeout", with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// First retry delay; doubles with every receive, with jitter. Default `"100ms"`.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Longest retry delay. Default `"30s"`.
+    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// How long dead letters are kept before they are removed. Default `"4d"`.
+    #[serde(default = "default_dead_letter_retention", with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
+}
+
+/// `[worker]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Consumers per region, each applying one batch at a time. Default 2.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Most messages one consumer leases and applies at once. Default 256.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Timeout of one Redis round trip (and of connecting); must be well below
+    /// `delivery.visibility_timeout`. Default `"5s"`.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+/// `[[regions]]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name: lower-case letters, digits, `-` and `_`. Appears in URLs and metrics.
+    pub name: String,
+    /// The region's Redis, e.g. `"redis://127.0.0.1:6379"` (`redis://:password@host:port/`).
+    pub redis: String,
+    /// Overrides `worker.concurrency` for this region.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("regis-data")
+}
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+fn default_max_receives() -> u32 {
+    5
+}
+fn default_visibility_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dead_letter_retention() -> Duration {
+    Duration::from_secs(4 * 24 * 3600)
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_batch_size() -> usize {
+    256
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_receives: default_max_receives(),
+            visibility_timeout: default_visibility_timeout(),
+            retry_backoff: default_retry_backoff(),
+            retry_backoff_max: default_retry_backoff_max(),
+            dead_letter_retention: default_dead_letter_retention(),
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: default_concurrency(),
+            batch_size: default_batch_size(),
+            redis_timeout: default_redis_timeout(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// A config with the given regions and every default, for tests, the demo and benches.
+    pub fn with_regions(data_dir: PathBuf, regions: &[(&str, String)]) -> Config {
+        Config {
+            data_dir,
+            convergence: Convergence::default(),
+            max_message_bytes: default_max_message_bytes(),
+            node_id: 0,
+            tombstone_ttl: None,
+            http: HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            delivery: DeliveryConfig::default(),
+            worker: WorkerConfig::default(),
+            regions: regions
+                .iter()
+                .map(|(name, redis)| RegionConfig {
+                    name: name.to_string(),
+                    redis: redis.clone(),
+                    concurrency: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// How long version metadata is kept (defaults to the dead-letter retention).
+    pub fn tombstone_ttl(&self) -> Duration {
+        self.tombstone_ttl
+            .unwrap_or(self.delivery.dead_letter_retention)
+    }
+
+    /// Consumers for one region.
+    pub fn concurrency(&self, region: &RegionConfig) -> usize {
+        region.concurrency.unwrap_or(self.worker.concurrency)
+    }
+
+    /// Checks everything serde could not.
+    pub fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        if self.regions.is_empty() {
+            return Err(invalid(
+                "regions",
+                "no regions: add at least one [[regions]] table with a name and a redis URL".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            let key = |field: &str| format!("regions[{i}].{field}");
+            let valid_name = !region.name.is_empty()
+                && region.name.len() <= 64
+                && region
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid_name {
+                return Err(invalid(
+                    &key("name"),
+                    format!(
+                        "{:?} is not a valid region name: use 1 to 64 lower-case letters, digits, '-' or '_'",
+                        region.name
+                    ),
+                ));
+            }
+            if !names.insert(region.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("region {:?} is listed twice; region names must be unique", region.name),
+                ));
+            }
+            if let Err(err) = redis::Client::open(region.redis.as_str()) {
+                return Err(invalid(
+                    &key("redis"),
+                    format!(
+                        "{:?} is not a Redis URL ({err}); expected e.g. \"redis://127.0.0.1:6379\"",
+                        region.redis
+                    ),
+                ));
+            }
+            if region.concurrency == Some(0) {
+                return Err(invalid(&key("concurrency"), "must be at least 1".into()));
+            }
+        }
+        if self.node_id > MAX_ORIGIN {
+            return Err(invalid(
+                "node_id",
+                format!("{} is above the largest origin id {MAX_ORIGIN}", self.node_id),
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is out of range: use 1024 to 67108864 bytes",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        let d = &self.delivery;
+        if d.max_receives == 0 {
+            return Err(invalid("delivery.max_receives", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("delivery.visibility_timeout", d.visibility_timeout),
+            ("delivery.retry_backoff", d.retry_backoff),
+            ("delivery.retry_backoff_max", d.retry_backoff_max),
+            ("delivery.dead_letter_retention", d.dead_letter_retention),
+            ("worker.redis_timeout", self.worker.redis_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero".into()));
+            }
+        }
+        if d.retry_backoff_max < d.retry_backoff {
+            return Err(invalid(
+                "delivery.retry_backoff_max",
+                "must be at least delivery.retry_backoff".into(),
+            ));
+        }
+        if self.worker.redis_timeout >= d.visibility_timeout {
+            return Err(invalid(
+                "worker.redis_timeout",
+                "must be shorter than delivery.visibility_timeout, or leases expire while a batch is still being applied".into(),
+            ));
+        }
+        if self.tombstone_ttl() < d.dead_letter_retention {
+            return Err(invalid(
+                "tombstone_ttl",
+                "must be at least delivery.dead_letter_retention, or a redriven dead letter could resurrect a deleted key".into(),
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1".into()));
+        }
+        if !(1..=10_000).contains(&self.worker.batch_size) {
+            return Err(invalid("worker.batch_size", "use 1 to 10000".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("regis.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        [[regions]]
+        name = "singapore"
+        redis = "redis://127.0.0.1:6379"
+    "#;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("regis-data"));
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.delivery.max_receives, 5);
+        assert_eq!(c.delivery.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(c.delivery.dead_letter_retention, Duration::from_secs(345_600));
+        assert_eq!(c.tombstone_ttl(), c.delivery.dead_letter_retention);
+        assert_eq!(c.convergence, Convergence::Lww);
+        assert_eq!(c.max_message_bytes, 262_144);
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../regis.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.regions[1].name, "mumbai");
+    }
+
+    #[test]
+    fn bad_files_say_where_and_what() {
+        let unknown = parse(&format!("colour = 1\n{MINIMAL}")).unwrap_err().to_string();
+        assert!(unknown.contains("regis.toml") && unknown.contains("colour"), "{unknown}");
+
+        let typed = parse(&format!("[delivery]\nmax_receives = \"five\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(typed.contains("max_receives"), "{typed}");
+
+        let duration = parse(&format!("[delivery]\nvisibility_timeout = \"soon\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(duration.contains("visibility_timeout"), "{duration}");
+
+        let none = parse("").unwrap_err().to_string();
+        assert!(none.contains("`regions`") && none.contains("[[regions]]"), "{none}");
+
+        let twice = parse(&format!("{MINIMAL}{MINIMAL}")).unwrap_err().to_string();
+        assert!(twice.contains("regions[1].name") && twice.contains("twice"), "{twice}");
+
+        let url = parse("[[regions]]\nname = \"a\"\nredis = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("regions[0].redis"), "{url}");
+
+        let horizon = parse(&format!("tombstone_ttl = \"1h\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(horizon.contains("`tombstone_ttl`"), "{horizon}");
+
+        let name = parse("[[regions]]\nname = \"Asia East\"\nredis = \"redis://h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(name.contains("not a valid region name"), "{name}");
+    }
+}

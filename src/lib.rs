@@ -1,0 +1,44 @@
+//! Regis replicates Redis writes to a Redis in every region through a durable message bus.
+//!
+//! Producers publish Redis write commands once (HTTP, or any Redis client through the RESP
+//! ingress); the hub validates them, gives each message an id and a version, and
+//! acknowledges only once it is on stable storage. Every region has its own queue on the bus
+//! and a worker that applies batches to the region's Redis — retrying while that Redis is
+//! down, dead-lettering poison — so that every region converges to the same state although
+//! delivery is at-least-once and unordered. `../DESIGN.md` holds the contract.
+//!
+//! # Layout
+//!
+//! * [`clock`]: versions and the hybrid logical clock that issues them.
+//! * [`command`]: which commands are replicated; checking and canonicalizing them.
+//! * [`envelope`]: the message and its encoding on the bus.
+//! * [`bus`]: the bus traits (publish, consume/settle, dead letters, stats) and
+//!   [`bus::embedded`], the SQLite backend.
+//! * [`apply`]: applying batches to a region's Redis, raw (`none`) or as versioned
+//!   registers (`lww`), and sorting failures into transient and permanent.
+//! * [`worker`]: a region's consumers: lease, apply, settle, back off.
+//! * [`hub`]: validating, versioning and publishing.
+//! * [`ingress`]: the HTTP API.
+//! * [`server`]: `regis serve` assembled: bus, hub, workers, listeners, graceful drain.
+//! * [`config`]: the `regis.toml` file.
+//! * [`metrics`]: every exported metric, as typed events.
+//! * [`latency`]: rolling publish→applied latency per region.
+//! * [`redis_process`]: throwaway `redis-server`s for the demo, benchmarks and tests.
+//! * [`snapshot`]: a region's whole data set as a comparable value.
+//! * [`cli`]: the `regis` command line.
+
+pub mod apply;
+pub mod bus;
+pub mod cli;
+pub mod clock;
+pub mod command;
+pub mod config;
+pub mod envelope;
+pub mod hub;
+pub mod ingress;
+pub mod latency;
+pub mod metrics;
+pub mod redis_process;
+pub mod server;
+pub mod snapshot;
+pub mod worker;

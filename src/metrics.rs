@@ -1,0 +1,202 @@
+//! Every metric Regis exports, as typed events.
+//!
+//! Code that wants to count something emits one of these structs; the metric names, labels
+//! and units live here and nowhere else. `GET /metrics` renders them in the Prometheus text
+//! format through the recorder installed by [`install_prometheus`].
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("regis_published_messages_total", "Messages acknowledged by the ingress (durable).");
+    describe_counter!("regis_published_commands_total", "Commands in acknowledged messages.");
+    describe_counter!("regis_refused_total", "Requests refused at ingress, by reason.");
+    describe_counter!("regis_applied_messages_total", "Messages applied to a region's Redis.");
+    describe_counter!("regis_applied_commands_total", "Commands applied to a region's Redis.");
+    describe_counter!("regis_retries_total", "Deliveries settled with Retry, by reason.");
+    describe_counter!("regis_dead_letters_total", "Messages moved to a region's dead letters.");
+    describe_histogram!(
+        "regis_publish_to_apply_seconds",
+        Unit::Seconds,
+        "Time from publish to applied in the region."
+    );
+    describe_histogram!(
+        "regis_apply_duration_seconds",
+        Unit::Seconds,
+        "Time to apply one batch to a region's Redis."
+    );
+    describe_gauge!("regis_redis_up", "1 when the region's Redis answered the last request, else 0.");
+    describe_gauge!("regis_queue_depth", "Messages waiting for the region (not in flight).");
+    describe_gauge!("regis_queue_in_flight", "Messages leased and not yet settled.");
+    describe_gauge!("regis_queue_dead_letters", "Messages in the region's dead letters.");
+    describe_gauge!("regis_queue_oldest_age_seconds", "Age of the oldest message not yet applied.");
+}
+
+/// Messages accepted at ingress and durable.
+pub struct Published {
+    /// Messages.
+    pub messages: u64,
+    /// Commands in them.
+    pub commands: u64,
+}
+
+impl Published {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_published_messages_total").increment(self.messages);
+        counter!("regis_published_commands_total").increment(self.commands);
+    }
+}
+
+/// A request refused at ingress.
+pub struct Refused {
+    /// The refusal code (`unknown_command`, `read_command`, `too_large`, …).
+    pub code: &'static str,
+}
+
+impl Refused {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_refused_total", "reason" => self.code).increment(1);
+    }
+}
+
+/// The metric handles of one region, resolved once so the apply path allocates nothing.
+#[derive(Clone)]
+pub struct RegionMetrics {
+    applied_messages: metrics::Counter,
+    applied_commands: metrics::Counter,
+    apply_duration: metrics::Histogram,
+    end_to_end: metrics::Histogram,
+    retried_transient: metrics::Counter,
+    retried_permanent: metrics::Counter,
+    redis_up: metrics::Gauge,
+}
+
+impl RegionMetrics {
+    /// Handles for `region`.
+    pub fn new(region: &str) -> RegionMetrics {
+        let r = region.to_string();
+        RegionMetrics {
+            applied_messages: counter!("regis_applied_messages_total", "region" => r.clone()),
+            applied_commands: counter!("regis_applied_commands_total", "region" => r.clone()),
+            apply_duration: histogram!("regis_apply_duration_seconds", "region" => r.clone()),
+            end_to_end: histogram!("regis_publish_to_apply_seconds", "region" => r.clone()),
+            retried_transient: counter!("regis_retries_total", "region" => r.clone(), "reason" => "transient"),
+            retried_permanent: counter!("regis_retries_total", "region" => r.clone(), "reason" => "permanent"),
+            redis_up: gauge!("regis_redis_up", "region" => r),
+        }
+    }
+}
+
+/// One batch applied to a region.
+pub struct Applied<'a> {
+    /// The region's handles.
+    pub region: &'a RegionMetrics,
+    /// Messages applied.
+    pub messages: u64,
+    /// Commands applied.
+    pub commands: u64,
+    /// Time the Redis round trip(s) took.
+    pub duration: Duration,
+    /// Publish→applied latency of each applied message.
+    pub latencies: &'a [Duration],
+}
+
+impl Applied<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        self.region.applied_messages.increment(self.messages);
+        self.region.applied_commands.increment(self.commands);
+        self.region.apply_duration.record(self.duration.as_secs_f64());
+        for latency in self.latencies {
+            self.region.end_to_end.record(latency.as_secs_f64());
+        }
+    }
+}
+
+/// A delivery settled with Retry.
+pub struct Retried<'a> {
+    /// The region's handles.
+    pub region: &'a RegionMetrics,
+    /// The Redis was unavailable (true) or the command failed (false).
+    pub transient: bool,
+}
+
+impl Retried<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        if self.transient {
+            self.region.retried_transient.increment(1);
+        } else {
+            self.region.retried_permanent.increment(1);
+        }
+    }
+}
+
+/// Whether a region's Redis answered.
+pub struct RedisReachable<'a> {
+    /// The region's handles.
+    pub region: &'a RegionMetrics,
+    /// It answered.
+    pub up: bool,
+}
+
+impl RedisReachable<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        self.region.redis_up.set(if self.up { 1.0 } else { 0.0 });
+    }
+}
+
+/// A message moved to a region's dead letters.
+pub struct DeadLettered<'a> {
+    /// Region name.
+    pub region: &'a str,
+}
+
+impl DeadLettered<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_dead_letters_total", "region" => self.region.to_string()).increment(1);
+    }
+}
+
+/// A region's queue figures, sampled.
+pub struct QueueSampled<'a> {
+    /// The figures.
+    pub stats: &'a crate::bus::QueueStats,
+}
+
+impl QueueSampled<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        let region = self.stats.name.clone();
+        gauge!("regis_queue_depth", "region" => region.clone()).set(self.stats.depth as f64);
+        gauge!("regis_queue_in_flight", "region" => region.clone()).set(self.stats.in_flight as f64);
+        gauge!("regis_queue_dead_letters", "region" => region.clone()).set(self.stats.dead_letters as f64);
+        gauge!("regis_queue_oldest_age_seconds", "region" => region)
+            .set(self.stats.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+}

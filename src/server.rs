@@ -1,0 +1,181 @@
+//! `regis serve`: the hub's ingress, bus and a worker for every region, in one process.
+//!
+//! [`Server::start`] opens the bus, starts every region's worker and the HTTP listener and
+//! returns at once; [`Server::stop`] drains: the listener stops accepting, in-flight requests
+//! finish, workers finish and settle the batch in hand, the bus persists its progress. Tests
+//! start a server in-process on port 0 exactly as `regis serve` does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Applier;
+use crate::bus::Bus;
+use crate::bus::embedded::{EmbeddedBus, StoreOptions};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::ingress::http::{ApiState, RegionRuntime, router};
+use crate::latency::LatencyWindow;
+use crate::worker::{self, WorkerSettings};
+
+/// A running hub.
+pub struct Server<B: Bus> {
+    http_addr: SocketAddr,
+    hub: Arc<Hub<B>>,
+    bus: B,
+    regions: Arc<Vec<RegionRuntime>>,
+    stop_http: CancellationToken,
+    stop_workers: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    workers: JoinSet<()>,
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The bus could not be opened.
+    #[error("{0}")]
+    Bus(#[from] crate::bus::BusError),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}; is another process using it? change http.listen")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A region's Redis URL is unusable.
+    #[error("{0}")]
+    Redis(#[from] crate::apply::BadRedisUrl),
+}
+
+impl Server<EmbeddedBus> {
+    /// Starts a hub on the embedded bus described by `config`.
+    pub async fn start(config: &Config) -> Result<Server<EmbeddedBus>, StartError> {
+        let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
+        let bus = EmbeddedBus::open(
+            &config.data_dir,
+            &regions,
+            StoreOptions {
+                visibility_timeout: config.delivery.visibility_timeout,
+                max_receives: config.delivery.max_receives,
+                dead_letter_retention: config.delivery.dead_letter_retention,
+            },
+        )?;
+        Server::start_with(config, bus).await
+    }
+}
+
+impl<B: Bus> Server<B> {
+    /// Starts a hub on `bus`.
+    pub async fn start_with(config: &Config, bus: B) -> Result<Server<B>, StartError> {
+        let prometheus = crate::metrics::install_prometheus();
+        let hub = Hub::new(bus.clone(), config.node_id, config.convergence, config.max_message_bytes).await?;
+        let applier = Applier::new(config.convergence, config.tombstone_ttl());
+        let stop_workers = CancellationToken::new();
+        let mut workers = JoinSet::new();
+        let mut runtimes = Vec::new();
+        for region in &config.regions {
+            let latency = Arc::new(LatencyWindow::default());
+            worker::spawn(
+                WorkerSettings {
+                    region: region.name.clone(),
+                    redis_url: region.redis.clone(),
+                    concurrency: config.concurrency(region),
+                    batch_size: config.worker.batch_size,
+                    redis_timeout: config.worker.redis_timeout,
+                    max_receives: config.delivery.max_receives,
+                    retry_backoff: config.delivery.retry_backoff,
+                    retry_backoff_max: config.delivery.retry_backoff_max,
+                },
+                bus.clone(),
+                applier.clone(),
+                latency.clone(),
+                stop_workers.clone(),
+                &mut workers,
+            )?;
+            runtimes.push(RegionRuntime {
+                name: region.name.clone(),
+                latency,
+            });
+        }
+        let regions = Arc::new(runtimes);
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+        let app = router(ApiState {
+            hub: hub.clone(),
+            bus: bus.clone(),
+            regions: regions.clone(),
+            prometheus,
+        });
+        let stop_http = CancellationToken::new();
+        let stopping = stop_http.clone();
+        let http = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopping.cancelled().await })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "HTTP listener failed");
+            }
+        });
+        tracing::info!(%http_addr, regions = config.regions.len(), convergence = %config.convergence, "regis hub started");
+        Ok(Server {
+            http_addr,
+            hub,
+            bus,
+            regions,
+            stop_http,
+            stop_workers,
+            http,
+            workers,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The hub, for in-process publishing.
+    pub fn hub(&self) -> &Arc<Hub<B>> {
+        &self.hub
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    /// Per-region runtime figures.
+    pub fn regions(&self) -> &Arc<Vec<RegionRuntime>> {
+        &self.regions
+    }
+
+    /// Drains and stops: ingress first, then workers (each settles its batch), then the bus.
+    pub async fn stop(mut self) {
+        self.stop_http.cancel();
+        let _ = (&mut self.http).await;
+        self.stop_workers.cancel();
+        while self.workers.join_next().await.is_some() {}
+        tracing::info!("regis hub stopped");
+    }
+}
+
+impl Server<EmbeddedBus> {
+    /// Drains and stops, then closes the embedded bus so its progress is on disk.
+    pub async fn shutdown(self) {
+        let bus = self.bus.clone();
+        self.stop().await;
+        bus.close().await;
+    }
+}

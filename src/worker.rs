@@ -1,0 +1,286 @@
+//! A region's worker: consumers that lease batches, apply them to the region's Redis and
+//! settle every message.
+//!
+//! Each consumer loops: receive up to `batch_size` messages (long-polling, so an idle region
+//! costs nothing), decode them, apply the batch in one round trip, settle each message:
+//!
+//! * applied → `Ack`;
+//! * the command failed (`WRONGTYPE`, syntax) → `Retry` with exponential backoff and jitter,
+//!   and `DeadLetter` once it has been received `max_receives` times — the others in the
+//!   batch are settled on their own, so one poison message never holds them up;
+//! * the Redis could not be reached → every message `Retry`, then the consumer waits for the
+//!   Redis to answer `PING` (backing off up to `retry_backoff_max`) before it leases more.
+//!   The region's backlog stays on the bus and drains when the Redis returns; outages never
+//!   count towards dead-lettering.
+//!
+//! On shutdown a consumer stops leasing, finishes and settles the batch in hand, and exits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Applier, Failure, RegionRedis};
+use crate::bus::{Consume, Delivery, Receipt, Settle};
+use crate::clock::now_us;
+use crate::envelope::Envelope;
+use crate::latency::LatencyWindow;
+use crate::metrics::{Applied, RedisReachable, RegionMetrics, Retried};
+
+/// How long one receive waits for the first message.
+const RECEIVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything one region's worker needs to know.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Region name.
+    pub region: String,
+    /// The region's Redis URL.
+    pub redis_url: String,
+    /// Consumers.
+    pub concurrency: usize,
+    /// Most messages per batch.
+    pub batch_size: usize,
+    /// Timeout of a Redis round trip.
+    pub redis_timeout: Duration,
+    /// Receives before a failing message is dead-lettered.
+    pub max_receives: u32,
+    /// First retry delay.
+    pub retry_backoff: Duration,
+    /// Longest retry delay.
+    pub retry_backoff_max: Duration,
+}
+
+/// `base * 2^(attempt-1)`, capped at `max`, with "equal jitter" (uniform in the upper half)
+/// so consumers that failed together do not retry together.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << exponent).min(max);
+    let half = full / 2;
+    half + Duration::from_nanos(rand::random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64))
+}
+
+/// Starts `settings.concurrency` consumers for one region; they run until `shutdown`.
+pub fn spawn<C: Consume + Clone>(
+    settings: WorkerSettings,
+    consume: C,
+    applier: Applier,
+    latency: Arc<LatencyWindow>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), crate::apply::BadRedisUrl> {
+    for consumer in 0..settings.concurrency.max(1) {
+        let redis = RegionRedis::new(&settings.redis_url, settings.redis_timeout)?;
+        let worker = Consumer {
+            settings: settings.clone(),
+            consume: consume.clone(),
+            applier: applier.clone(),
+            latency: latency.clone(),
+            metrics: RegionMetrics::new(&settings.region),
+            redis,
+            consumer,
+        };
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    Ok(())
+}
+
+struct Consumer<C> {
+    settings: WorkerSettings,
+    consume: C,
+    applier: Applier,
+    latency: Arc<LatencyWindow>,
+    metrics: RegionMetrics,
+    redis: RegionRedis,
+    consumer: usize,
+}
+
+impl<C: Consume> Consumer<C> {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let region = self.settings.region.clone();
+        tracing::debug!(region, consumer = self.consumer, "consumer started");
+        let mut bus_failures = 0;
+        while !shutdown.is_cancelled() {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.consume.receive(&region, self.settings.batch_size, RECEIVE_WAIT) => r,
+            };
+            let deliveries = match received {
+                Ok(deliveries) => {
+                    bus_failures = 0;
+                    deliveries
+                }
+                Err(err) => {
+                    bus_failures += 1;
+                    tracing::warn!(region, error = %err, "cannot receive from the bus; trying again");
+                    let pause = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, bus_failures);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            if deliveries.is_empty() {
+                continue;
+            }
+            let outage = self.process(deliveries).await;
+            if outage {
+                self.wait_for_redis(&shutdown).await;
+            }
+        }
+        tracing::debug!(region, consumer = self.consumer, "consumer stopped");
+    }
+
+    /// Applies and settles one batch; returns true when the Redis was unreachable.
+    async fn process(&mut self, deliveries: Vec<Delivery>) -> bool {
+        let region = self.settings.region.clone();
+        let mut settlements: Vec<(Receipt, Settle)> = Vec::with_capacity(deliveries.len());
+        let mut leased: Vec<Delivery> = Vec::with_capacity(deliveries.len());
+        let mut envelopes: Vec<Envelope> = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match Envelope::decode(&delivery.body) {
+                Ok(envelope) => {
+                    leased.push(delivery);
+                    envelopes.push(envelope);
+                }
+                Err(err) => settlements.push((
+                    delivery.receipt,
+                    Settle::DeadLetter {
+                        reason: format!("cannot decode the message: {err}"),
+                    },
+                )),
+            }
+        }
+        let started = Instant::now();
+        let result = self.applier.apply(&mut self.redis, &envelopes).await;
+        let duration = started.elapsed();
+        let mut outage = false;
+        match result {
+            Ok(outcomes) => {
+                RedisReachable { region: &self.metrics, up: true }.emit();
+                let applied_at = now_us();
+                let mut latencies = Vec::with_capacity(outcomes.len());
+                let mut commands = 0u64;
+                for ((delivery, envelope), outcome) in leased.iter().zip(&envelopes).zip(outcomes) {
+                    match outcome {
+                        Ok(()) => {
+                            latencies.push(Duration::from_micros(applied_at.saturating_sub(envelope.published_at_us)));
+                            commands += envelope.commands.len() as u64;
+                            settlements.push((delivery.receipt.clone(), Settle::Ack));
+                        }
+                        Err(failure) => settlements.push(self.failed(delivery, envelope, failure)),
+                    }
+                }
+                self.latency.record_many(latencies.iter().copied());
+                Applied {
+                    region: &self.metrics,
+                    messages: latencies.len() as u64,
+                    commands,
+                    duration,
+                    latencies: &latencies,
+                }
+                .emit();
+            }
+            Err(failure) => {
+                RedisReachable { region: &self.metrics, up: false }.emit();
+                tracing::warn!(region, error = failure.message(), messages = leased.len(), "region's Redis unavailable; holding its backlog until it answers");
+                outage = true;
+                for (delivery, envelope) in leased.iter().zip(&envelopes) {
+                    let settle = self.failed(delivery, envelope, Failure::Transient(failure.message().to_string()));
+                    settlements.push(settle);
+                }
+            }
+        }
+        self.settle(settlements).await;
+        outage
+    }
+
+    /// The settle for a message that was not applied.
+    fn failed(&self, delivery: &Delivery, envelope: &Envelope, failure: Failure) -> (Receipt, Settle) {
+        let region = self.settings.region.as_str();
+        let attempt = delivery.receive_count;
+        let settle = match &failure {
+            Failure::Permanent(reason) if attempt >= self.settings.max_receives => Settle::DeadLetter {
+                reason: reason.clone(),
+            },
+            Failure::Permanent(reason) => {
+                Retried { region: &self.metrics, transient: false }.emit();
+                let after = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt);
+                tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, retry_in = ?after, "message failed; will retry");
+                Settle::Retry {
+                    after,
+                    reason: reason.clone(),
+                }
+            }
+            Failure::Transient(reason) => {
+                Retried { region: &self.metrics, transient: true }.emit();
+                tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, "region unavailable; message will be retried");
+                Settle::Retry {
+                    after: self.settings.retry_backoff,
+                    reason: reason.clone(),
+                }
+            }
+        };
+        (delivery.receipt.clone(), settle)
+    }
+
+    /// Settles, retrying a few times; if the bus stays unreachable the leases simply expire
+    /// and the messages are delivered again.
+    async fn settle(&self, settlements: Vec<(Receipt, Settle)>) {
+        let region = self.settings.region.as_str();
+        for attempt in 1..=5u32 {
+            match self.consume.settle(region, settlements.clone()).await {
+                Ok(()) => return,
+                Err(err) if err.is_retriable() && attempt < 5 => {
+                    tokio::time::sleep(backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt)).await;
+                }
+                Err(err) => {
+                    tracing::warn!(region, error = %err, "cannot settle; the messages will be delivered again after the visibility timeout");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits, backing off, until the region's Redis answers PING (or shutdown).
+    async fn wait_for_redis(&mut self, shutdown: &CancellationToken) {
+        let region = self.settings.region.clone();
+        let mut attempt = 1;
+        loop {
+            let pause = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match self.redis.ping().await {
+                Ok(()) => {
+                    RedisReachable { region: &self.metrics, up: true }.emit();
+                    tracing::info!(region, "region's Redis answers again; draining its backlog");
+                    return;
+                }
+                Err(failure) => {
+                    tracing::debug!(region, error = failure.message(), attempt, "region's Redis still unavailable");
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        for attempt in 1..=40 {
+            let full = base.saturating_mul(1u32 << (attempt - 1).min(30)).min(max);
+            let d = backoff(base, max, attempt);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} not in [{:?}, {full:?}]", full / 2);
+        }
+        assert!(backoff(base, max, 40) >= Duration::from_secs(15));
+    }
+}
