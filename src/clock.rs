@@ -137,7 +137,10 @@ impl HybridClock {
     /// # Panics
     /// When `origin` is above [`MAX_ORIGIN`]; config validation refuses such ids first.
     pub fn new(origin: u16, seed: Option<Version>) -> Self {
-        assert!(origin <= MAX_ORIGIN, "origin id {origin} above {MAX_ORIGIN}");
+        assert!(
+            origin <= MAX_ORIGIN,
+            "origin id {origin} above {MAX_ORIGIN}"
+        );
         HybridClock {
             origin,
             last: Mutex::new(seed.map_or(0, |v| v.0 & !ORIGIN_MASK)),
@@ -151,7 +154,10 @@ impl HybridClock {
 
     fn issue_at(&self, wall_ms: u64, ticks: usize) -> Version {
         let ticks = ticks.max(1) as u64;
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let first = (wall_ms << PHYSICAL_SHIFT).max(*last + TICK);
         *last = first + (ticks - 1) * TICK;
         Version(first | u64::from(self.origin))
@@ -180,7 +186,10 @@ mod tests {
         let m = clock.issue_at(1_000_000_000_000, 3);
         let next = clock.issue_at(1_000_000_000_000, 1);
         assert!(m.command(0) < m.command(1));
-        assert!(m.command(2) < next, "the next message must not reuse a reserved tick");
+        assert!(
+            m.command(2) < next,
+            "the next message must not reuse a reserved tick"
+        );
         assert_eq!(m.command(2).origin(), 1);
     }
 

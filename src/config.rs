@@ -271,10 +271,9 @@ impl Config {
             let key = |field: &str| format!("regions[{i}].{field}");
             let valid_name = !region.name.is_empty()
                 && region.name.len() <= 64
-                && region
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                && region.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !valid_name {
                 return Err(invalid(
                     &key("name"),
@@ -287,7 +286,10 @@ impl Config {
             if !names.insert(region.name.as_str()) {
                 return Err(invalid(
                     &key("name"),
-                    format!("region {:?} is listed twice; region names must be unique", region.name),
+                    format!(
+                        "region {:?} is listed twice; region names must be unique",
+                        region.name
+                    ),
                 ));
             }
             if let Err(err) = redis::Client::open(region.redis.as_str()) {
@@ -306,7 +308,10 @@ impl Config {
         if self.node_id > MAX_ORIGIN {
             return Err(invalid(
                 "node_id",
-                format!("{} is above the largest origin id {MAX_ORIGIN}", self.node_id),
+                format!(
+                    "{} is above the largest origin id {MAX_ORIGIN}",
+                    self.node_id
+                ),
             ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
@@ -320,7 +325,10 @@ impl Config {
         }
         let d = &self.delivery;
         if d.max_receives == 0 {
-            return Err(invalid("delivery.max_receives", "must be at least 1".into()));
+            return Err(invalid(
+                "delivery.max_receives",
+                "must be at least 1".into(),
+            ));
         }
         for (key, value) in [
             ("delivery.visibility_timeout", d.visibility_timeout),
@@ -382,7 +390,10 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:7700");
         assert_eq!(c.delivery.max_receives, 5);
         assert_eq!(c.delivery.visibility_timeout, Duration::from_secs(30));
-        assert_eq!(c.delivery.dead_letter_retention, Duration::from_secs(345_600));
+        assert_eq!(
+            c.delivery.dead_letter_retention,
+            Duration::from_secs(345_600)
+        );
         assert_eq!(c.tombstone_ttl(), c.delivery.dead_letter_retention);
         assert_eq!(c.convergence, Convergence::Lww);
         assert_eq!(c.max_message_bytes, 262_144);
@@ -398,24 +409,39 @@ mod tests {
 
     #[test]
     fn bad_files_say_where_and_what() {
-        let unknown = parse(&format!("colour = 1\n{MINIMAL}")).unwrap_err().to_string();
-        assert!(unknown.contains("regis.toml") && unknown.contains("colour"), "{unknown}");
+        let unknown = parse(&format!("colour = 1\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.contains("regis.toml") && unknown.contains("colour"),
+            "{unknown}"
+        );
 
         let typed = parse(&format!("[delivery]\nmax_receives = \"five\"\n{MINIMAL}"))
             .unwrap_err()
             .to_string();
         assert!(typed.contains("max_receives"), "{typed}");
 
-        let duration = parse(&format!("[delivery]\nvisibility_timeout = \"soon\"\n{MINIMAL}"))
-            .unwrap_err()
-            .to_string();
+        let duration = parse(&format!(
+            "[delivery]\nvisibility_timeout = \"soon\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(duration.contains("visibility_timeout"), "{duration}");
 
         let none = parse("").unwrap_err().to_string();
-        assert!(none.contains("`regions`") && none.contains("[[regions]]"), "{none}");
+        assert!(
+            none.contains("`regions`") && none.contains("[[regions]]"),
+            "{none}"
+        );
 
-        let twice = parse(&format!("{MINIMAL}{MINIMAL}")).unwrap_err().to_string();
-        assert!(twice.contains("regions[1].name") && twice.contains("twice"), "{twice}");
+        let twice = parse(&format!("{MINIMAL}{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("regions[1].name") && twice.contains("twice"),
+            "{twice}"
+        );
 
         let url = parse("[[regions]]\nname = \"a\"\nredis = \"http://x\"\n")
             .unwrap_err()

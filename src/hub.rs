@@ -83,7 +83,12 @@ pub struct Hub<P> {
 
 impl<P: Publish> Hub<P> {
     /// A hub publishing to `bus`; its clock is seeded above everything the bus holds.
-    pub async fn new(bus: P, node_id: u16, mode: Convergence, max_message_bytes: usize) -> Result<Arc<Self>, BusError> {
+    pub async fn new(
+        bus: P,
+        node_id: u16,
+        mode: Convergence,
+        max_message_bytes: usize,
+    ) -> Result<Arc<Self>, BusError> {
         let seed = bus.high_water().await?;
         Ok(Arc::new(Hub {
             bus,
@@ -121,7 +126,10 @@ impl<P: Publish> Hub<P> {
         }
         let mut commands = Vec::with_capacity(request.commands.len());
         for (index, args) in request.commands.iter().enumerate() {
-            commands.push(prepare(args, self.mode, now).map_err(|refusal| PublishError::Refused { index, refusal })?);
+            commands.push(
+                prepare(args, self.mode, now)
+                    .map_err(|refusal| PublishError::Refused { index, refusal })?,
+            );
         }
         let envelope = Envelope {
             id: MessageId::new(),
@@ -143,7 +151,10 @@ impl<P: Publish> Hub<P> {
 
     /// Publishes several independent messages in one append; each has its own outcome.
     /// Refused messages are skipped, the others are stored together.
-    pub async fn publish_many(&self, requests: &[MessageRequest]) -> Vec<Result<Receipt, PublishError>> {
+    pub async fn publish_many(
+        &self,
+        requests: &[MessageRequest],
+    ) -> Vec<Result<Receipt, PublishError>> {
         let mut results: Vec<Result<Receipt, PublishError>> = Vec::with_capacity(requests.len());
         let mut outgoing = Vec::with_capacity(requests.len());
         let mut commands = 0u64;

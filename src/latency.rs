@@ -78,7 +78,10 @@ impl LatencyWindow {
     pub fn record_many(&self, latencies: impl IntoIterator<Item = Duration>) {
         let now = Instant::now();
         let mut slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-        if slices.back().is_none_or(|(start, _)| now.duration_since(*start) >= SLICE) {
+        if slices
+            .back()
+            .is_none_or(|(start, _)| now.duration_since(*start) >= SLICE)
+        {
             slices.push_back((now, new_histogram()));
             while slices.len() > SLICES {
                 slices.pop_front();
@@ -102,7 +105,12 @@ impl LatencyWindow {
                 let _ = merged.add(histogram);
             }
         }
-        summarize(&merged, window.min(now.duration_since(self.started)).max(Duration::from_secs(1)))
+        summarize(
+            &merged,
+            window
+                .min(now.duration_since(self.started))
+                .max(Duration::from_secs(1)),
+        )
     }
 }
 
@@ -123,6 +131,9 @@ mod tests {
 
     #[test]
     fn empty_window_is_zero() {
-        assert_eq!(LatencyWindow::default().last_minute(), LatencySummary::default());
+        assert_eq!(
+            LatencyWindow::default().last_minute(),
+            LatencySummary::default()
+        );
     }
 }

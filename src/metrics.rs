@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
@@ -15,7 +17,8 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
             ];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
@@ -29,13 +32,34 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    describe_counter!("regis_published_messages_total", "Messages acknowledged by the ingress (durable).");
-    describe_counter!("regis_published_commands_total", "Commands in acknowledged messages.");
-    describe_counter!("regis_refused_total", "Requests refused at ingress, by reason.");
-    describe_counter!("regis_applied_messages_total", "Messages applied to a region's Redis.");
-    describe_counter!("regis_applied_commands_total", "Commands applied to a region's Redis.");
-    describe_counter!("regis_retries_total", "Deliveries settled with Retry, by reason.");
-    describe_counter!("regis_dead_letters_total", "Messages moved to a region's dead letters.");
+    describe_counter!(
+        "regis_published_messages_total",
+        "Messages acknowledged by the ingress (durable)."
+    );
+    describe_counter!(
+        "regis_published_commands_total",
+        "Commands in acknowledged messages."
+    );
+    describe_counter!(
+        "regis_refused_total",
+        "Requests refused at ingress, by reason."
+    );
+    describe_counter!(
+        "regis_applied_messages_total",
+        "Messages applied to a region's Redis."
+    );
+    describe_counter!(
+        "regis_applied_commands_total",
+        "Commands applied to a region's Redis."
+    );
+    describe_counter!(
+        "regis_retries_total",
+        "Deliveries settled with Retry, by reason."
+    );
+    describe_counter!(
+        "regis_dead_letters_total",
+        "Messages moved to a region's dead letters."
+    );
     describe_histogram!(
         "regis_publish_to_apply_seconds",
         Unit::Seconds,
@@ -46,11 +70,26 @@ fn describe() {
         Unit::Seconds,
         "Time to apply one batch to a region's Redis."
     );
-    describe_gauge!("regis_redis_up", "1 when the region's Redis answered the last request, else 0.");
-    describe_gauge!("regis_queue_depth", "Messages waiting for the region (not in flight).");
-    describe_gauge!("regis_queue_in_flight", "Messages leased and not yet settled.");
-    describe_gauge!("regis_queue_dead_letters", "Messages in the region's dead letters.");
-    describe_gauge!("regis_queue_oldest_age_seconds", "Age of the oldest message not yet applied.");
+    describe_gauge!(
+        "regis_redis_up",
+        "1 when the region's Redis answered the last request, else 0."
+    );
+    describe_gauge!(
+        "regis_queue_depth",
+        "Messages waiting for the region (not in flight)."
+    );
+    describe_gauge!(
+        "regis_queue_in_flight",
+        "Messages leased and not yet settled."
+    );
+    describe_gauge!(
+        "regis_queue_dead_letters",
+        "Messages in the region's dead letters."
+    );
+    describe_gauge!(
+        "regis_queue_oldest_age_seconds",
+        "Age of the oldest message not yet applied."
+    );
 }
 
 /// Messages accepted at ingress and durable.
@@ -129,7 +168,9 @@ impl Applied<'_> {
     pub fn emit(self) {
         self.region.applied_messages.increment(self.messages);
         self.region.applied_commands.increment(self.commands);
-        self.region.apply_duration.record(self.duration.as_secs_f64());
+        self.region
+            .apply_duration
+            .record(self.duration.as_secs_f64());
         for latency in self.latencies {
             self.region.end_to_end.record(latency.as_secs_f64());
         }
@@ -194,8 +235,10 @@ impl QueueSampled<'_> {
     pub fn emit(self) {
         let region = self.stats.name.clone();
         gauge!("regis_queue_depth", "region" => region.clone()).set(self.stats.depth as f64);
-        gauge!("regis_queue_in_flight", "region" => region.clone()).set(self.stats.in_flight as f64);
-        gauge!("regis_queue_dead_letters", "region" => region.clone()).set(self.stats.dead_letters as f64);
+        gauge!("regis_queue_in_flight", "region" => region.clone())
+            .set(self.stats.in_flight as f64);
+        gauge!("regis_queue_dead_letters", "region" => region.clone())
+            .set(self.stats.dead_letters as f64);
         gauge!("regis_queue_oldest_age_seconds", "region" => region)
             .set(self.stats.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
     }

@@ -67,7 +67,9 @@ impl RedisProcess {
             };
             match process.spawn() {
                 Ok(()) => return Ok(process),
-                Err(RedisProcessError::NotInstalled) => return Err(RedisProcessError::NotInstalled),
+                Err(RedisProcessError::NotInstalled) => {
+                    return Err(RedisProcessError::NotInstalled);
+                }
                 Err(err) => last_error = Some(err),
             }
         }
@@ -80,7 +82,16 @@ impl RedisProcess {
         command
             .arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -193,13 +204,18 @@ impl Drop for RedisProcess {
 /// One `PING` over a raw socket: no client library needed to know it is up.
 fn ping(port: u16) -> Result<(), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
     stream.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
     let mut reply = [0u8; 64];
     let n = stream.read(&mut reply).map_err(|e| e.to_string())?;
     if reply[..n].starts_with(b"+PONG") {
         Ok(())
     } else {
-        Err(format!("answered {:?}", String::from_utf8_lossy(&reply[..n])))
+        Err(format!(
+            "answered {:?}",
+            String::from_utf8_lossy(&reply[..n])
+        ))
     }
 }

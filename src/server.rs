@@ -72,7 +72,13 @@ impl<B: Bus> Server<B> {
     /// Starts a hub on `bus`.
     pub async fn start_with(config: &Config, bus: B) -> Result<Server<B>, StartError> {
         let prometheus = crate::metrics::install_prometheus();
-        let hub = Hub::new(bus.clone(), config.node_id, config.convergence, config.max_message_bytes).await?;
+        let hub = Hub::new(
+            bus.clone(),
+            config.node_id,
+            config.convergence,
+            config.max_message_bytes,
+        )
+        .await?;
         let applier = Applier::new(config.convergence, config.tombstone_ttl());
         let stop_workers = CancellationToken::new();
         let mut workers = JoinSet::new();

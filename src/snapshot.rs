@@ -41,7 +41,10 @@ impl Snapshot {
         let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         if db != 0 {
-            redis::cmd("SELECT").arg(db).query_async::<()>(&mut conn).await?;
+            redis::cmd("SELECT")
+                .arg(db)
+                .query_async::<()>(&mut conn)
+                .await?;
         }
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor: u64 = 0;
@@ -62,7 +65,9 @@ impl Snapshot {
         for key in keys {
             if let Some(entry) = read_key(&mut conn, &key).await? {
                 let pttl: i64 = conn.pttl(&key).await?;
-                snapshot.keys.insert(key, (entry, (pttl >= 0).then_some(pttl)));
+                snapshot
+                    .keys
+                    .insert(key, (entry, (pttl >= 0).then_some(pttl)));
             }
         }
         Ok(snapshot)
@@ -124,13 +129,20 @@ impl Snapshot {
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (key, (entry, ttl)) in &self.keys {
-            writeln!(f, "{} = {entry:?} ttl={ttl:?}", String::from_utf8_lossy(key))?;
+            writeln!(
+                f,
+                "{} = {entry:?} ttl={ttl:?}",
+                String::from_utf8_lossy(key)
+            )?;
         }
         Ok(())
     }
 }
 
-async fn read_key(conn: &mut MultiplexedConnection, key: &[u8]) -> redis::RedisResult<Option<Entry>> {
+async fn read_key(
+    conn: &mut MultiplexedConnection,
+    key: &[u8],
+) -> redis::RedisResult<Option<Entry>> {
     let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await?;
     Ok(Some(match kind.as_str() {
         "none" => return Ok(None),

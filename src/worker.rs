@@ -58,7 +58,9 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let exponent = attempt.saturating_sub(1).min(30);
     let full = base.saturating_mul(1u32 << exponent).min(max);
     let half = full / 2;
-    half + Duration::from_nanos(rand::random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64))
+    half + Duration::from_nanos(rand::random_range(
+        0..=half.as_nanos().min(u64::MAX as u128) as u64,
+    ))
 }
 
 /// Starts `settings.concurrency` consumers for one region; they run until `shutdown`.
@@ -114,7 +116,11 @@ impl<C: Consume> Consumer<C> {
                 Err(err) => {
                     bus_failures += 1;
                     tracing::warn!(region, error = %err, "cannot receive from the bus; trying again");
-                    let pause = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, bus_failures);
+                    let pause = backoff(
+                        self.settings.retry_backoff,
+                        self.settings.retry_backoff_max,
+                        bus_failures,
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => continue,
@@ -158,14 +164,20 @@ impl<C: Consume> Consumer<C> {
         let mut outage = false;
         match result {
             Ok(outcomes) => {
-                RedisReachable { region: &self.metrics, up: true }.emit();
+                RedisReachable {
+                    region: &self.metrics,
+                    up: true,
+                }
+                .emit();
                 let applied_at = now_us();
                 let mut latencies = Vec::with_capacity(outcomes.len());
                 let mut commands = 0u64;
                 for ((delivery, envelope), outcome) in leased.iter().zip(&envelopes).zip(outcomes) {
                     match outcome {
                         Ok(()) => {
-                            latencies.push(Duration::from_micros(applied_at.saturating_sub(envelope.published_at_us)));
+                            latencies.push(Duration::from_micros(
+                                applied_at.saturating_sub(envelope.published_at_us),
+                            ));
                             commands += envelope.commands.len() as u64;
                             settlements.push((delivery.receipt.clone(), Settle::Ack));
                         }
@@ -183,11 +195,24 @@ impl<C: Consume> Consumer<C> {
                 .emit();
             }
             Err(failure) => {
-                RedisReachable { region: &self.metrics, up: false }.emit();
-                tracing::warn!(region, error = failure.message(), messages = leased.len(), "region's Redis unavailable; holding its backlog until it answers");
+                RedisReachable {
+                    region: &self.metrics,
+                    up: false,
+                }
+                .emit();
+                tracing::warn!(
+                    region,
+                    error = failure.message(),
+                    messages = leased.len(),
+                    "region's Redis unavailable; holding its backlog until it answers"
+                );
                 outage = true;
                 for (delivery, envelope) in leased.iter().zip(&envelopes) {
-                    let settle = self.failed(delivery, envelope, Failure::Transient(failure.message().to_string()));
+                    let settle = self.failed(
+                        delivery,
+                        envelope,
+                        Failure::Transient(failure.message().to_string()),
+                    );
                     settlements.push(settle);
                 }
             }
@@ -197,16 +222,31 @@ impl<C: Consume> Consumer<C> {
     }
 
     /// The settle for a message that was not applied.
-    fn failed(&self, delivery: &Delivery, envelope: &Envelope, failure: Failure) -> (Receipt, Settle) {
+    fn failed(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        failure: Failure,
+    ) -> (Receipt, Settle) {
         let region = self.settings.region.as_str();
         let attempt = delivery.receive_count;
         let settle = match &failure {
-            Failure::Permanent(reason) if attempt >= self.settings.max_receives => Settle::DeadLetter {
-                reason: reason.clone(),
-            },
+            Failure::Permanent(reason) if attempt >= self.settings.max_receives => {
+                Settle::DeadLetter {
+                    reason: reason.clone(),
+                }
+            }
             Failure::Permanent(reason) => {
-                Retried { region: &self.metrics, transient: false }.emit();
-                let after = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt);
+                Retried {
+                    region: &self.metrics,
+                    transient: false,
+                }
+                .emit();
+                let after = backoff(
+                    self.settings.retry_backoff,
+                    self.settings.retry_backoff_max,
+                    attempt,
+                );
                 tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, retry_in = ?after, "message failed; will retry");
                 Settle::Retry {
                     after,
@@ -214,7 +254,11 @@ impl<C: Consume> Consumer<C> {
                 }
             }
             Failure::Transient(reason) => {
-                Retried { region: &self.metrics, transient: true }.emit();
+                Retried {
+                    region: &self.metrics,
+                    transient: true,
+                }
+                .emit();
                 tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, "region unavailable; message will be retried");
                 Settle::Retry {
                     after: self.settings.retry_backoff,
@@ -233,7 +277,12 @@ impl<C: Consume> Consumer<C> {
             match self.consume.settle(region, settlements.clone()).await {
                 Ok(()) => return,
                 Err(err) if err.is_retriable() && attempt < 5 => {
-                    tokio::time::sleep(backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt)).await;
+                    tokio::time::sleep(backoff(
+                        self.settings.retry_backoff,
+                        self.settings.retry_backoff_max,
+                        attempt,
+                    ))
+                    .await;
                 }
                 Err(err) => {
                     tracing::warn!(region, error = %err, "cannot settle; the messages will be delivered again after the visibility timeout");
@@ -248,19 +297,32 @@ impl<C: Consume> Consumer<C> {
         let region = self.settings.region.clone();
         let mut attempt = 1;
         loop {
-            let pause = backoff(self.settings.retry_backoff, self.settings.retry_backoff_max, attempt);
+            let pause = backoff(
+                self.settings.retry_backoff,
+                self.settings.retry_backoff_max,
+                attempt,
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
             match self.redis.ping().await {
                 Ok(()) => {
-                    RedisReachable { region: &self.metrics, up: true }.emit();
+                    RedisReachable {
+                        region: &self.metrics,
+                        up: true,
+                    }
+                    .emit();
                     tracing::info!(region, "region's Redis answers again; draining its backlog");
                     return;
                 }
                 Err(failure) => {
-                    tracing::debug!(region, error = failure.message(), attempt, "region's Redis still unavailable");
+                    tracing::debug!(
+                        region,
+                        error = failure.message(),
+                        attempt,
+                        "region's Redis still unavailable"
+                    );
                     attempt = attempt.saturating_add(1);
                 }
             }
@@ -279,7 +341,11 @@ mod tests {
         for attempt in 1..=40 {
             let full = base.saturating_mul(1u32 << (attempt - 1).min(30)).min(max);
             let d = backoff(base, max, attempt);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} not in [{:?}, {full:?}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
         assert!(backoff(base, max, 40) >= Duration::from_secs(15));
     }

@@ -65,9 +65,14 @@ pub fn classify(error: &RedisError) -> Failure {
     }
     match error.code() {
         // The whole request was refused by the server: classify by its code.
-        Some(code) if !TRANSIENT_CODES.contains(&code) && error.kind() != redis::ErrorKind::AuthenticationFailed => {
+        Some(code)
+            if !TRANSIENT_CODES.contains(&code)
+                && error.kind() != redis::ErrorKind::AuthenticationFailed =>
+        {
             if code == "NOAUTH" || code == "WRONGPASS" || code == "NOPERM" {
-                Failure::Transient(format!("the region's Redis refused our credentials: {error}; fix the redis URL in the config"))
+                Failure::Transient(format!(
+                    "the region's Redis refused our credentials: {error}; fix the redis URL in the config"
+                ))
             } else {
                 Failure::Permanent(error.to_string())
             }

@@ -162,20 +162,44 @@ fn encode(call: &mut Call, envelope: &Envelope) -> Result<usize, Failure> {
     let mut count = 0;
     for (index, command) in envelope.commands.iter().enumerate() {
         let v = version_arg(envelope.version.command(index));
-        let op = Op::parse(&command.0, envelope.published_at_ms())
-            .map_err(|refusal| Failure::Permanent(format!("ERR cannot apply {}: {refusal}", command.preview(60))))?;
+        let op = Op::parse(&command.0, envelope.published_at_ms()).map_err(|refusal| {
+            Failure::Permanent(format!(
+                "ERR cannot apply {}: {refusal}",
+                command.preview(60)
+            ))
+        })?;
         if op.order_dependent().is_some() {
             return Err(order_dependent(command.preview(60)));
         }
         let num = |n: i64| Bytes::from(n.to_string());
         match &op {
-            Op::Set { key, value, ttl, .. } => {
+            Op::Set {
+                key, value, ttl, ..
+            } => {
                 let (mode, d, e) = match ttl {
-                    Ttl::Clear => ("C", Bytes::from_static(b"0"), version_arg(Version::default())),
-                    Ttl::Keep => ("K", Bytes::from_static(b"0"), version_arg(Version::default())),
+                    Ttl::Clear => (
+                        "C",
+                        Bytes::from_static(b"0"),
+                        version_arg(Version::default()),
+                    ),
+                    Ttl::Keep => (
+                        "K",
+                        Bytes::from_static(b"0"),
+                        version_arg(Version::default()),
+                    ),
                     Ttl::At(ms) => ("A", num(*ms), expiry_version(*ms)),
                 };
-                call.op("S", key, &v, vec![value.clone(), Bytes::from_static(mode.as_bytes()), d, Bytes::from(e)]);
+                call.op(
+                    "S",
+                    key,
+                    &v,
+                    vec![
+                        value.clone(),
+                        Bytes::from_static(mode.as_bytes()),
+                        d,
+                        Bytes::from(e),
+                    ],
+                );
                 count += 1;
             }
             Op::MSet { pairs } => {
@@ -245,7 +269,12 @@ fn encode(call: &mut Call, envelope: &Envelope) -> Result<usize, Failure> {
                 count += 1;
             }
             Op::ExpireAt { key, at_ms, .. } => {
-                call.op("X", key, &v, vec![num(*at_ms), Bytes::from(expiry_version(*at_ms))]);
+                call.op(
+                    "X",
+                    key,
+                    &v,
+                    vec![num(*at_ms), Bytes::from(expiry_version(*at_ms))],
+                );
                 count += 1;
             }
             Op::Persist { key } => {
@@ -271,7 +300,11 @@ impl LwwScript {
     }
 
     /// Applies `batch` in one script call; per-message outcomes.
-    pub async fn apply(&self, conn: &mut ConnectionManager, batch: &[&Envelope]) -> Result<Vec<Result<(), Failure>>, Failure> {
+    pub async fn apply(
+        &self,
+        conn: &mut ConnectionManager,
+        batch: &[&Envelope],
+    ) -> Result<Vec<Result<(), Failure>>, Failure> {
         let mut outcomes: Vec<Option<Result<(), Failure>>> = vec![None; batch.len()];
         let mut call = Call {
             keys: Vec::new(),
@@ -305,7 +338,10 @@ impl LwwScript {
             for arg in &call.args {
                 invocation.arg(arg.as_ref());
             }
-            let replies: Vec<Value> = invocation.invoke_async(conn).await.map_err(|err| classify(&err))?;
+            let replies: Vec<Value> = invocation
+                .invoke_async(conn)
+                .await
+                .map_err(|err| classify(&err))?;
             if replies.len() != sent.len() {
                 return Err(Failure::Transient(format!(
                     "the lww script answered {} results for {} messages",
@@ -318,7 +354,9 @@ impl LwwScript {
                     Value::Int(0) => Ok(()),
                     Value::BulkString(text) => Err(script_failure(&String::from_utf8_lossy(&text))),
                     Value::SimpleString(text) => Err(script_failure(&text)),
-                    other => Err(Failure::Permanent(format!("unexpected script result {other:?}"))),
+                    other => Err(Failure::Permanent(format!(
+                        "unexpected script result {other:?}"
+                    ))),
                 });
             }
         }
@@ -366,7 +404,9 @@ mod tests {
     fn metadata_keys_are_distinct_per_data_key() {
         let empty_tag = slot_tag(0).as_bytes().to_vec();
         let lookalike = [b"{", empty_tag.as_slice(), b"}"].concat();
-        let keys: [&[u8]; 9] = [b"a", b"{a}", b"{a}a", b"a}", b"{t}x}", b"{t}x}:c", b"", &empty_tag, &lookalike];
+        let keys: [&[u8]; 9] = [
+            b"a", b"{a}", b"{a}a", b"a}", b"{t}x}", b"{t}x}:c", b"", &empty_tag, &lookalike,
+        ];
         let metas: std::collections::HashSet<Vec<u8>> = keys.iter().map(|k| meta_key(k)).collect();
         assert_eq!(metas.len(), keys.len());
     }
@@ -377,7 +417,11 @@ mod tests {
         let e = expiry_version(d);
         assert_eq!(e.len(), 19);
         assert!(version_arg(Version::at_ms(d as u64 + 1)) > e);
-        assert!(version_arg(Version::from_packed(Version::at_ms(d as u64).packed() + 1023 * 1024 + 1023)) <= e);
+        assert!(
+            version_arg(Version::from_packed(
+                Version::at_ms(d as u64).packed() + 1023 * 1024 + 1023
+            )) <= e
+        );
         assert_eq!(expiry_version(-5).len(), 19);
     }
 }

@@ -57,7 +57,8 @@ impl RegionRedis {
         }
         let settings = self.info.redis_settings().clone().set_db(i64::from(db));
         let info = self.info.clone().set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|err| Failure::Transient(err.to_string()))?;
+        let client =
+            redis::Client::open(info).map_err(|err| Failure::Transient(err.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -106,7 +107,11 @@ impl Applier {
 
     /// Applies `batch` to the region. `Err` means nothing can be said of any message (the
     /// Redis is unreachable); otherwise each message has its own outcome.
-    pub async fn apply(&self, redis: &mut RegionRedis, batch: &[Envelope]) -> Result<Outcomes, Failure> {
+    pub async fn apply(
+        &self,
+        redis: &mut RegionRedis,
+        batch: &[Envelope],
+    ) -> Result<Outcomes, Failure> {
         let mut outcomes: Vec<Option<Result<(), Failure>>> = vec![None; batch.len()];
         // Group by database, keeping each group's order.
         let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();

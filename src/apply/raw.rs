@@ -13,7 +13,10 @@ use super::failure::{Failure, classify, classify_server};
 use crate::envelope::Envelope;
 
 /// Applies `batch` in one pipeline; per-message outcomes, or a failure of the whole batch.
-pub async fn apply(conn: &mut ConnectionManager, batch: &[&Envelope]) -> Result<Vec<Result<(), Failure>>, Failure> {
+pub async fn apply(
+    conn: &mut ConnectionManager,
+    batch: &[&Envelope],
+) -> Result<Vec<Result<(), Failure>>, Failure> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for envelope in batch {
@@ -53,7 +56,9 @@ fn outcome(replies: Vec<Value>) -> Result<(), Failure> {
     let mut note = |failure: Failure| {
         // A transient failure anywhere wins: the message should simply be tried again.
         match (&first, &failure) {
-            (None, _) | (Some(Failure::Permanent(_)), Failure::Transient(_)) => first = Some(failure),
+            (None, _) | (Some(Failure::Permanent(_)), Failure::Transient(_)) => {
+                first = Some(failure)
+            }
             _ => {}
         }
     };

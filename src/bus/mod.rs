@@ -185,7 +185,8 @@ impl std::error::Error for BusError {}
 /// Appends messages to the topic.
 pub trait Publish: Send + Sync + 'static {
     /// Appends `messages` durably, in order; resolves once all are on stable storage.
-    fn publish(&self, messages: Vec<Outgoing>) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn publish(&self, messages: Vec<Outgoing>)
+    -> impl Future<Output = Result<(), BusError>> + Send;
 
     /// The highest version ever appended, so a restarted hub's clock stays above it.
     fn high_water(&self) -> impl Future<Output = Result<Option<Version>, BusError>> + Send;
@@ -212,13 +213,29 @@ pub trait Consume: Send + Sync + 'static {
 /// A region's dead letters.
 pub trait DeadLetters: Send + Sync + 'static {
     /// Up to `limit` dead letters, oldest first.
-    fn list(&self, region: &str, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>, BusError>> + Send;
+    fn list(
+        &self,
+        region: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, BusError>> + Send;
     /// One dead letter.
-    fn get(&self, region: &str, id: MessageId) -> impl Future<Output = Result<Option<DeadLetter>, BusError>> + Send;
+    fn get(
+        &self,
+        region: &str,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<DeadLetter>, BusError>> + Send;
     /// Moves dead letters back into the region's queue with a fresh receive count.
-    fn redrive(&self, region: &str, which: Selection) -> impl Future<Output = Result<u64, BusError>> + Send;
+    fn redrive(
+        &self,
+        region: &str,
+        which: Selection,
+    ) -> impl Future<Output = Result<u64, BusError>> + Send;
     /// Deletes dead letters.
-    fn purge(&self, region: &str, which: Selection) -> impl Future<Output = Result<u64, BusError>> + Send;
+    fn purge(
+        &self,
+        region: &str,
+        which: Selection,
+    ) -> impl Future<Output = Result<u64, BusError>> + Send;
 }
 
 /// Queue figures.

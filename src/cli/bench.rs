@@ -109,7 +109,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     let mut regions = Vec::new();
     for i in 0..args.regions {
-        regions.push(RedisProcess::start().with_context(|| format!("cannot start region {i}'s redis-server"))?);
+        regions.push(
+            RedisProcess::start()
+                .with_context(|| format!("cannot start region {i}'s redis-server"))?,
+        );
     }
     let urls: Vec<String> = regions.iter().map(RedisProcess::url).collect();
     eprintln!(
@@ -121,25 +124,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    eprintln!("[1/3] direct fan-out: {} writes pipelined into every region ...", args.messages);
+    eprintln!(
+        "[1/3] direct fan-out: {} writes pipelined into every region ...",
+        args.messages
+    );
     let direct = direct_fan_out(&urls, &workload, args.messages, args.batch).await?;
     flush(&urls).await?;
 
-    eprintln!("[2/3] regis at saturation: {} messages, {} producers, {} per append ...", args.messages, args.producers, args.batch);
+    eprintln!(
+        "[2/3] regis at saturation: {} messages, {} producers, {} per append ...",
+        args.messages, args.producers, args.batch
+    );
     let (saturation, saturation_latency) = saturation(&args, &urls, &workload).await?;
     flush(&urls).await?;
 
-    eprintln!("[3/3] regis at {} messages/s for {:?} ...", args.rate, args.duration);
+    eprintln!(
+        "[3/3] regis at {} messages/s for {:?} ...",
+        args.rate, args.duration
+    );
     let fixed = fixed_rate(&args, &urls, &workload).await?;
 
     let ratio = saturation / direct;
     println!();
     println!("| run | throughput (writes/s) | ratio to direct | publish→applied p50 | p99 | max |");
     println!("|---|---:|---:|---:|---:|---:|");
-    println!("| direct fan-out, pipelined ({} regions) | {:.0} | 1.00 | – | – | – |", args.regions, direct);
+    println!(
+        "| direct fan-out, pipelined ({} regions) | {:.0} | 1.00 | – | – | – |",
+        args.regions, direct
+    );
     println!(
         "| regis {}, saturation | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms |",
-        args.convergence, saturation, ratio, saturation_latency.p50_ms, saturation_latency.p99_ms, saturation_latency.max_ms
+        args.convergence,
+        saturation,
+        ratio,
+        saturation_latency.p50_ms,
+        saturation_latency.p99_ms,
+        saturation_latency.max_ms
     );
     println!(
         "| regis {}, {} msg/s offered | {:.0} | – | {:.2} ms | {:.2} ms | {:.2} ms |",
@@ -166,25 +186,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn flush(urls: &[String]) -> anyhow::Result<()> {
     for url in urls {
-        let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
         redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     }
     Ok(())
 }
 
 /// Writes/s of pipelining every write into every region from the producer.
-async fn direct_fan_out(urls: &[String], workload: &Arc<Workload>, messages: usize, batch: usize) -> anyhow::Result<f64> {
+async fn direct_fan_out(
+    urls: &[String],
+    workload: &Arc<Workload>,
+    messages: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for url in urls {
-        let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
         let workload = workload.clone();
         tasks.spawn(async move {
             let mut n = 0;
             while n < messages {
                 let mut pipe = redis::pipe();
                 for i in n..(n + batch).min(messages) {
-                    pipe.cmd("SET").arg(workload.key(i)).arg(workload.value.as_ref()).ignore();
+                    pipe.cmd("SET")
+                        .arg(workload.key(i))
+                        .arg(workload.value.as_ref())
+                        .ignore();
                 }
                 pipe.query_async::<()>(&mut conn).await?;
                 n += batch;
@@ -198,8 +230,16 @@ async fn direct_fan_out(urls: &[String], workload: &Arc<Workload>, messages: usi
     Ok(messages as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn start_hub(args: &BenchArgs, urls: &[String], data: &std::path::Path) -> anyhow::Result<Server<EmbeddedBus>> {
-    let names: Vec<(String, String)> = urls.iter().enumerate().map(|(i, u)| (format!("region{i}"), u.clone())).collect();
+async fn start_hub(
+    args: &BenchArgs,
+    urls: &[String],
+    data: &std::path::Path,
+) -> anyhow::Result<Server<EmbeddedBus>> {
+    let names: Vec<(String, String)> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("region{i}"), u.clone()))
+        .collect();
     let named: Vec<(&str, String)> = names.iter().map(|(n, u)| (n.as_str(), u.clone())).collect();
     let mut config = Config::with_regions(data.to_path_buf(), &named);
     config.convergence = args.convergence;
@@ -231,7 +271,11 @@ fn worst(server: &Server<EmbeddedBus>) -> LatencySummary {
 }
 
 /// Writes/s end to end (published durably and applied in every region).
-async fn saturation(args: &BenchArgs, urls: &[String], workload: &Arc<Workload>) -> anyhow::Result<(f64, LatencySummary)> {
+async fn saturation(
+    args: &BenchArgs,
+    urls: &[String],
+    workload: &Arc<Workload>,
+) -> anyhow::Result<(f64, LatencySummary)> {
     let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
     let server = start_hub(args, urls, data.path()).await?;
     let started = Instant::now();
@@ -241,11 +285,16 @@ async fn saturation(args: &BenchArgs, urls: &[String], workload: &Arc<Workload>)
         let hub = server.hub().clone();
         let workload = workload.clone();
         let batch = args.batch;
-        let (from, to) = (p * per_producer, ((p + 1) * per_producer).min(args.messages));
+        let (from, to) = (
+            p * per_producer,
+            ((p + 1) * per_producer).min(args.messages),
+        );
         tasks.spawn(async move {
             let mut n = from;
             while n < to {
-                let requests: Vec<MessageRequest> = (n..(n + batch).min(to)).map(|i| workload.message(i)).collect();
+                let requests: Vec<MessageRequest> = (n..(n + batch).min(to))
+                    .map(|i| workload.message(i))
+                    .collect();
                 for result in hub.publish_many(&requests).await {
                     result?;
                 }
@@ -265,7 +314,11 @@ async fn saturation(args: &BenchArgs, urls: &[String], workload: &Arc<Workload>)
 }
 
 /// Latency at a fixed offered load: the worst region's figures.
-async fn fixed_rate(args: &BenchArgs, urls: &[String], workload: &Arc<Workload>) -> anyhow::Result<LatencySummary> {
+async fn fixed_rate(
+    args: &BenchArgs,
+    urls: &[String],
+    workload: &Arc<Workload>,
+) -> anyhow::Result<LatencySummary> {
     let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
     let server = start_hub(args, urls, data.path()).await?;
     let hub = server.hub().clone();

@@ -16,13 +16,22 @@ use crate::redis_process::RedisProcess;
 use crate::server::Server;
 use crate::snapshot::Snapshot;
 
-const CITIES: [&str; 6] = ["Singapore", "Mumbai", "Bangkok", "Delhi", "Jakarta", "Tokyo"];
+const CITIES: [&str; 6] = [
+    "Singapore",
+    "Mumbai",
+    "Bangkok",
+    "Delhi",
+    "Jakarta",
+    "Tokyo",
+];
 
 /// Runs the tour.
 pub async fn run() -> anyhow::Result<()> {
     println!("Regis demo: one write, published once, applied in every region.\n");
-    let mut singapore = RedisProcess::start().context("cannot start the Singapore region's redis-server")?;
-    let mut mumbai = RedisProcess::start().context("cannot start the Mumbai region's redis-server")?;
+    let mut singapore =
+        RedisProcess::start().context("cannot start the Singapore region's redis-server")?;
+    let mut mumbai =
+        RedisProcess::start().context("cannot start the Mumbai region's redis-server")?;
     let data = tempfile::Builder::new().prefix("regis-demo-").tempdir()?;
     let mut config = Config::with_regions(
         data.path().to_path_buf(),
@@ -30,18 +39,27 @@ pub async fn run() -> anyhow::Result<()> {
     );
     config.delivery.retry_backoff = Duration::from_millis(100);
     config.delivery.retry_backoff_max = Duration::from_millis(800);
-    let server = Server::start(&config).await.context("cannot start the in-process hub")?;
+    let server = Server::start(&config)
+        .await
+        .context("cannot start the in-process hub")?;
     let hub_url = format!("http://{}", server.http_addr());
     println!("  region singapore  {}", singapore.url());
     println!("  region mumbai     {}", mumbai.url());
-    println!("  hub               {hub_url}  (embedded bus in {})\n", data.path().display());
+    println!(
+        "  hub               {hub_url}  (embedded bus in {})\n",
+        data.path().display()
+    );
 
     let http = reqwest::Client::new();
     let publish = |commands: Value| {
         let http = http.clone();
         let url = format!("{hub_url}/v1/publish");
         async move {
-            let response = http.post(&url).json(&json!({ "commands": commands })).send().await?;
+            let response = http
+                .post(&url)
+                .json(&json!({ "commands": commands }))
+                .send()
+                .await?;
             let status = response.status();
             let body: Value = response.json().await?;
             if !status.is_success() {
@@ -59,10 +77,29 @@ pub async fn run() -> anyhow::Result<()> {
         let rate = 80 + (id * 37) % 300;
         // One message, several commands: applied atomically in each region.
         publish(json!([
-            ["HSET", format!("hotel:{id}"), "name", format!("Hotel {city} {id}"), "city", city,
-             "stars", (3 + id % 3).to_string(), "rate_usd", rate.to_string()],
-            ["SADD", format!("city:{}:hotels", city.to_lowercase()), format!("hotel:{id}")],
-            ["ZADD", "hotels:by-rate", rate.to_string(), format!("hotel:{id}")],
+            [
+                "HSET",
+                format!("hotel:{id}"),
+                "name",
+                format!("Hotel {city} {id}"),
+                "city",
+                city,
+                "stars",
+                (3 + id % 3).to_string(),
+                "rate_usd",
+                rate.to_string()
+            ],
+            [
+                "SADD",
+                format!("city:{}:hotels", city.to_lowercase()),
+                format!("hotel:{id}")
+            ],
+            [
+                "ZADD",
+                "hotels:by-rate",
+                rate.to_string(),
+                format!("hotel:{id}")
+            ],
         ]))
         .await?;
         messages += 1;
@@ -70,16 +107,41 @@ pub async fn run() -> anyhow::Result<()> {
     for n in 0..30 {
         let flight = format!("SQ{}", 400 + n);
         let (from, to) = (CITIES[n % CITIES.len()], CITIES[(n + 1) % CITIES.len()]);
-        publish(json!([["HSET", format!("flight:{flight}"), "from", from, "to", to,
-                        "departs", format!("2026-12-{:02}T{:02}:15", 1 + n % 28, 6 + n % 12)]]))
+        publish(json!([[
+            "HSET",
+            format!("flight:{flight}"),
+            "from",
+            from,
+            "to",
+            to,
+            "departs",
+            format!("2026-12-{:02}T{:02}:15", 1 + n % 28, 6 + n % 12)
+        ]]))
         .await?;
-        publish(json!([["SET", format!("fare:{flight}"), (120 + n * 7).to_string(), "EX", "3600"]])).await?;
-        publish(json!([["INCRBY", format!("bookings:{flight}"), (1 + n % 4).to_string()]])).await?;
+        publish(json!([[
+            "SET",
+            format!("fare:{flight}"),
+            (120 + n * 7).to_string(),
+            "EX",
+            "3600"
+        ]]))
+        .await?;
+        publish(json!([[
+            "INCRBY",
+            format!("bookings:{flight}"),
+            (1 + n % 4).to_string()
+        ]]))
+        .await?;
         messages += 3;
     }
-    println!("   published {messages} messages through POST /v1/publish, each acknowledged only once on disk");
+    println!(
+        "   published {messages} messages through POST /v1/publish, each acknowledged only once on disk"
+    );
     wait_drained(&server, Duration::from_secs(30)).await?;
-    let (sg, mb) = (Snapshot::read(&singapore.url(), 0).await?, Snapshot::read(&mumbai.url(), 0).await?);
+    let (sg, mb) = (
+        Snapshot::read(&singapore.url(), 0).await?,
+        Snapshot::read(&mumbai.url(), 0).await?,
+    );
     println!(
         "   both regions applied them in {:.0} ms: singapore holds {} keys, mumbai {} keys\n",
         started.elapsed().as_secs_f64() * 1000.0,
@@ -93,34 +155,56 @@ pub async fn run() -> anyhow::Result<()> {
     for round in 0..5 {
         for n in 0..20 {
             let flight = format!("SQ{}", 400 + n);
-            publish(json!([["SET", format!("fare:{flight}"), (150 + n * 7 + round * 11).to_string(), "EX", "3600"]]))
-                .await?;
+            publish(json!([[
+                "SET",
+                format!("fare:{flight}"),
+                (150 + n * 7 + round * 11).to_string(),
+                "EX",
+                "3600"
+            ]]))
+            .await?;
             publish(json!([["INCR", format!("bookings:{flight}")]])).await?;
             updates += 2;
         }
     }
     let city = CITIES[40 % CITIES.len()].to_lowercase();
-    publish(json!([["DEL", "hotel:40"], ["SREM", format!("city:{city}:hotels"), "hotel:40"], ["ZREM", "hotels:by-rate", "hotel:40"]]))
-        .await?;
+    publish(json!([
+        ["DEL", "hotel:40"],
+        ["SREM", format!("city:{city}:hotels"), "hotel:40"],
+        ["ZREM", "hotels:by-rate", "hotel:40"]
+    ]))
+    .await?;
     updates += 1;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let stats = server.bus().stats().await?;
     let waiting = region(&stats, "mumbai");
-    println!("   published {updates} more messages while it was down (fare changes, bookings, a hotel removed)");
+    println!(
+        "   published {updates} more messages while it was down (fare changes, bookings, a hotel removed)"
+    );
     println!(
         "   singapore applied them at once; mumbai's backlog waits on the hub's disk: {} waiting, {} in flight",
         waiting.depth, waiting.in_flight
     );
-    println!("   (its worker retried with exponential backoff and now waits for the Redis to answer)\n");
+    println!(
+        "   (its worker retried with exponential backoff and now waits for the Redis to answer)\n"
+    );
 
     println!("3. Mumbai's Redis comes back on the same port.");
     let back = Instant::now();
-    mumbai.restart().context("cannot restart the Mumbai region's redis-server")?;
+    mumbai
+        .restart()
+        .context("cannot restart the Mumbai region's redis-server")?;
     wait_drained(&server, Duration::from_secs(60)).await?;
-    println!("   its backlog drained {:.1} s after it came back\n", back.elapsed().as_secs_f64());
+    println!(
+        "   its backlog drained {:.1} s after it came back\n",
+        back.elapsed().as_secs_f64()
+    );
 
     println!("4. Comparing the regions key by key (type, value, TTL within a second).");
-    let (sg, mb) = (Snapshot::read(&singapore.url(), 0).await?, Snapshot::read(&mumbai.url(), 0).await?);
+    let (sg, mb) = (
+        Snapshot::read(&singapore.url(), 0).await?,
+        Snapshot::read(&mumbai.url(), 0).await?,
+    );
     let diffs = sg.differences(&mb, 1000, 5);
     if !diffs.is_empty() {
         bail!("the regions differ:\n  {}", diffs.join("\n  "));
@@ -132,7 +216,9 @@ pub async fn run() -> anyhow::Result<()> {
     mumbai.stop();
     drop(data);
     println!("Done. The Redis processes and the hub's data were removed.");
-    println!("Next: write a regis.toml (see regis.example.toml) and run `regis serve --config regis.toml`.");
+    println!(
+        "Next: write a regis.toml (see regis.example.toml) and run `regis serve --config regis.toml`."
+    );
     Ok(())
 }
 
@@ -148,7 +234,10 @@ fn region<'a>(stats: &'a [QueueStats], name: &str) -> &'a QueueStats {
 }
 
 /// Waits until no region has anything waiting or in flight.
-async fn wait_drained<B: crate::bus::Bus>(server: &Server<B>, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_drained<B: crate::bus::Bus>(
+    server: &Server<B>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let stats = server.bus().stats().await?;

@@ -11,14 +11,17 @@ pub async fn run(url: &str, db: u32, command: Vec<String>) -> anyhow::Result<()>
         .json(&json!({ "commands": [command], "db": db }))
         .send()
         .await
-        .with_context(|| format!("cannot reach the hub at {url}; is `regis serve` running there?"))?;
+        .with_context(|| {
+            format!("cannot reach the hub at {url}; is `regis serve` running there?")
+        })?;
     let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("the hub at {url} answered {status} with a body that is not JSON"))?;
+    let body: Value = response.json().await.with_context(|| {
+        format!("the hub at {url} answered {status} with a body that is not JSON")
+    })?;
     if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no error message");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no error message");
         bail!("refused ({status}): {message}");
     }
     match body["id"].as_str() {

@@ -65,7 +65,10 @@ pub enum Refusal {
     Forbidden { name: String, why: &'static str },
     /// Wrong number of arguments.
     #[error("wrong number of arguments for '{name}' command: {expected}")]
-    Arity { name: String, expected: &'static str },
+    Arity {
+        name: String,
+        expected: &'static str,
+    },
     /// Arguments that Redis itself would reject.
     #[error("{name}: {detail}")]
     Syntax { name: String, detail: String },
@@ -142,11 +145,20 @@ pub fn classify(upper_name: &str) -> Class {
     const ORDER_DEPENDENT: &[(&str, &str)] = &[
         ("APPEND", "its result depends on the current value"),
         ("SETRANGE", "its result depends on the current value"),
-        ("SETNX", "it writes only if the key is missing at that moment"),
-        ("MSETNX", "it writes only if the keys are missing at that moment"),
+        (
+            "SETNX",
+            "it writes only if the key is missing at that moment",
+        ),
+        (
+            "MSETNX",
+            "it writes only if the keys are missing at that moment",
+        ),
         ("GETSET", "it returns and replaces the current value"),
         ("GETDEL", "it returns and deletes the current value"),
-        ("HSETNX", "it writes only if the field is missing at that moment"),
+        (
+            "HSETNX",
+            "it writes only if the field is missing at that moment",
+        ),
         ("LPUSH", "list positions depend on the order of pushes"),
         ("RPUSH", "list positions depend on the order of pushes"),
         ("LPUSHX", "list positions depend on the order of pushes"),
@@ -252,24 +264,66 @@ pub fn classify(upper_name: &str) -> Class {
         "TOUCH",
     ];
     const CONNECTION: &[&str] = &[
-        "PING", "ECHO", "SELECT", "AUTH", "HELLO", "CLIENT", "INFO", "COMMAND", "QUIT", "RESET",
-        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "TIME", "LASTSAVE", "ROLE", "LATENCY",
-        "SLOWLOG", "READONLY", "READWRITE", "WAIT", "WAITAOF",
+        "PING",
+        "ECHO",
+        "SELECT",
+        "AUTH",
+        "HELLO",
+        "CLIENT",
+        "INFO",
+        "COMMAND",
+        "QUIT",
+        "RESET",
+        "MULTI",
+        "EXEC",
+        "DISCARD",
+        "WATCH",
+        "UNWATCH",
+        "TIME",
+        "LASTSAVE",
+        "ROLE",
+        "LATENCY",
+        "SLOWLOG",
+        "READONLY",
+        "READWRITE",
+        "WAIT",
+        "WAITAOF",
     ];
     const WRECKS: &str = "it could wreck every region at once; run it against each regional Redis yourself if you really mean it";
     const FORBIDDEN: &[(&str, &str)] = &[
         ("FLUSHALL", WRECKS),
         ("FLUSHDB", WRECKS),
         ("SWAPDB", WRECKS),
-        ("CONFIG", "server configuration is per region, not replicated"),
-        ("EVAL", "scripts cannot be checked for convergence or safety; send the writes they perform instead"),
-        ("EVALSHA", "scripts cannot be checked for convergence or safety; send the writes they perform instead"),
-        ("EVAL_RO", "scripts are not replicated; read from your regional Redis"),
-        ("EVALSHA_RO", "scripts are not replicated; read from your regional Redis"),
+        (
+            "CONFIG",
+            "server configuration is per region, not replicated",
+        ),
+        (
+            "EVAL",
+            "scripts cannot be checked for convergence or safety; send the writes they perform instead",
+        ),
+        (
+            "EVALSHA",
+            "scripts cannot be checked for convergence or safety; send the writes they perform instead",
+        ),
+        (
+            "EVAL_RO",
+            "scripts are not replicated; read from your regional Redis",
+        ),
+        (
+            "EVALSHA_RO",
+            "scripts are not replicated; read from your regional Redis",
+        ),
         ("SCRIPT", "scripts are not replicated"),
         ("FUNCTION", "functions are not replicated"),
-        ("FCALL", "functions cannot be checked for convergence or safety; send the writes they perform instead"),
-        ("FCALL_RO", "functions are not replicated; read from your regional Redis"),
+        (
+            "FCALL",
+            "functions cannot be checked for convergence or safety; send the writes they perform instead",
+        ),
+        (
+            "FCALL_RO",
+            "functions are not replicated; read from your regional Redis",
+        ),
         ("SHUTDOWN", WRECKS),
         ("DEBUG", WRECKS),
         ("MODULE", WRECKS),
@@ -278,7 +332,10 @@ pub fn classify(upper_name: &str) -> Class {
         ("FAILOVER", WRECKS),
         ("CLUSTER", WRECKS),
         ("ACL", "access control is per region, not replicated"),
-        ("KEYS", "KEYS blocks a Redis while it scans every key; use SCAN against your regional Redis"),
+        (
+            "KEYS",
+            "KEYS blocks a Redis while it scans every key; use SCAN against your regional Redis",
+        ),
         ("SAVE", "persistence is per region"),
         ("BGSAVE", "persistence is per region"),
         ("BGREWRITEAOF", "persistence is per region"),
@@ -288,8 +345,14 @@ pub fn classify(upper_name: &str) -> Class {
         ("MIGRATE", "it moves keys between servers"),
         ("MOVE", "it moves keys between databases"),
         ("RESTORE", "raw serialized values cannot be versioned"),
-        ("SORT", "SORT ... STORE writes whatever the sort yields at that moment"),
-        ("PUBLISH", "pub/sub messages are not data; publish to your regional Redis"),
+        (
+            "SORT",
+            "SORT ... STORE writes whatever the sort yields at that moment",
+        ),
+        (
+            "PUBLISH",
+            "pub/sub messages are not data; publish to your regional Redis",
+        ),
         ("SUBSCRIBE", "pub/sub is per region"),
         ("PSUBSCRIBE", "pub/sub is per region"),
         ("SSUBSCRIBE", "pub/sub is per region"),
@@ -448,13 +511,26 @@ mod tests {
         assert_eq!(read, Refusal::Read("GET".into()));
         assert!(read.to_string().contains("read from your regional Redis"));
         let flush = prep("flushall", lww).unwrap_err();
-        assert!(flush.to_string().starts_with("FLUSHALL is refused"), "{flush}");
+        assert!(
+            flush.to_string().starts_with("FLUSHALL is refused"),
+            "{flush}"
+        );
         assert!(matches!(prep("BOGUS x", lww), Err(Refusal::Unknown(n)) if n == "BOGUS"));
         let arity = prep("SET k", lww).unwrap_err();
-        assert!(arity.to_string().contains("wrong number of arguments for 'SET'"));
+        assert!(
+            arity
+                .to_string()
+                .contains("wrong number of arguments for 'SET'")
+        );
         assert!(matches!(prep("HSET h f", lww), Err(Refusal::Arity { .. })));
-        assert!(matches!(prep("SET k v EX 0", lww), Err(Refusal::Syntax { .. })));
-        assert!(matches!(prep("SET k v EX 1 PX 2", lww), Err(Refusal::Syntax { .. })));
+        assert!(matches!(
+            prep("SET k v EX 0", lww),
+            Err(Refusal::Syntax { .. })
+        ));
+        assert!(matches!(
+            prep("SET k v EX 1 PX 2", lww),
+            Err(Refusal::Syntax { .. })
+        ));
         assert!(matches!(prep("PING", lww), Err(Refusal::Connection(_))));
         assert!(matches!(prepare(&[], lww, 0), Err(Refusal::Empty)));
     }
@@ -476,7 +552,10 @@ mod tests {
                 matches!(err, Refusal::OrderDependent { .. }),
                 "{cmd}: {err:?}"
             );
-            assert!(err.to_string().contains("convergence = \"none\" accepts it"));
+            assert!(
+                err.to_string()
+                    .contains("convergence = \"none\" accepts it")
+            );
             assert!(prep(cmd, Convergence::None).is_ok(), "{cmd} under none");
         }
         assert_eq!(
@@ -489,7 +568,11 @@ mod tests {
     fn binary_values_survive() {
         let value = Bytes::from_static(&[0, 159, 146, 150, b' ', b'\n']);
         let cmd = prepare(
-            &[Bytes::from_static(b"SET"), Bytes::from_static(b"k"), value.clone()],
+            &[
+                Bytes::from_static(b"SET"),
+                Bytes::from_static(b"k"),
+                value.clone(),
+            ],
             Convergence::Lww,
             0,
         )

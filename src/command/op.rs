@@ -183,8 +183,22 @@ fn float_arg(name: &str, raw: &Bytes, allow_infinite: bool) -> Result<Bytes, Ref
 }
 
 /// `now + amount * unit_ms`, refusing overflow the way Redis does.
-fn deadline(name: &str, now_ms: u64, amount: i64, unit_ms: i64, relative: bool) -> Result<i64, Refusal> {
-    let invalid = || syntax(name, format!("invalid expire time in '{}' command", name.to_ascii_lowercase()));
+fn deadline(
+    name: &str,
+    now_ms: u64,
+    amount: i64,
+    unit_ms: i64,
+    relative: bool,
+) -> Result<i64, Refusal> {
+    let invalid = || {
+        syntax(
+            name,
+            format!(
+                "invalid expire time in '{}' command",
+                name.to_ascii_lowercase()
+            ),
+        )
+    };
     let span = amount.checked_mul(unit_ms).ok_or_else(invalid)?;
     if relative {
         i64::try_from(now_ms)
@@ -253,14 +267,24 @@ impl Op {
         let key = || args[1].clone();
         let op = match name.as_str() {
             "SET" => {
-                arity(&name, n >= 3, "expected SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT t|KEEPTTL]")?;
+                arity(
+                    &name,
+                    n >= 3,
+                    "expected SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT t|KEEPTTL]",
+                )?;
                 parse_set(&name, args, now_ms)?
             }
             "SETEX" | "PSETEX" => {
                 arity(&name, n == 4, "expected key, expiry and value")?;
                 let amount = int_arg(&name, &args[2])?;
                 if amount <= 0 {
-                    return Err(syntax(&name, format!("invalid expire time in '{}' command", name.to_ascii_lowercase())));
+                    return Err(syntax(
+                        &name,
+                        format!(
+                            "invalid expire time in '{}' command",
+                            name.to_ascii_lowercase()
+                        ),
+                    ));
                 }
                 let unit = if name == "SETEX" { 1000 } else { 1 };
                 Op::Set {
@@ -272,7 +296,11 @@ impl Op {
                 }
             }
             "MSET" => {
-                arity(&name, n >= 3 && n % 2 == 1, "expected one or more key value pairs")?;
+                arity(
+                    &name,
+                    n >= 3 && n % 2 == 1,
+                    "expected one or more key value pairs",
+                )?;
                 Op::MSet {
                     pairs: last_wins(pairs(&args[1..])),
                 }
@@ -311,7 +339,11 @@ impl Op {
                 }
             }
             "HSET" | "HMSET" => {
-                arity(&name, n >= 4 && n % 2 == 0, "expected a key and one or more field value pairs")?;
+                arity(
+                    &name,
+                    n >= 4 && n.is_multiple_of(2),
+                    "expected a key and one or more field value pairs",
+                )?;
                 Op::HSet {
                     key: key(),
                     pairs: last_wins(pairs(&args[2..])),
@@ -344,13 +376,23 @@ impl Op {
                 arity(&name, n >= 3, "expected a key and one or more members")?;
                 let members = distinct(&args[2..]);
                 if name == "SADD" {
-                    Op::SAdd { key: key(), members }
+                    Op::SAdd {
+                        key: key(),
+                        members,
+                    }
                 } else {
-                    Op::SRem { key: key(), members }
+                    Op::SRem {
+                        key: key(),
+                        members,
+                    }
                 }
             }
             "ZADD" => {
-                arity(&name, n >= 4, "expected a key and one or more score member pairs")?;
+                arity(
+                    &name,
+                    n >= 4,
+                    "expected a key and one or more score member pairs",
+                )?;
                 parse_zadd(&name, args)?
             }
             "ZREM" => {
@@ -369,7 +411,11 @@ impl Op {
                 }
             }
             "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
-                arity(&name, n == 3 || n == 4, "expected a key, a time and an optional NX|XX|GT|LT")?;
+                arity(
+                    &name,
+                    n == 3 || n == 4,
+                    "expected a key, a time and an optional NX|XX|GT|LT",
+                )?;
                 let amount = int_arg(&name, &args[2])?;
                 let (unit, relative) = match name.as_str() {
                     "EXPIRE" => (1000, true),
@@ -410,13 +456,15 @@ impl Op {
     /// Why this operation cannot converge under `lww`, if it cannot.
     pub fn order_dependent(&self) -> Option<&'static str> {
         match self {
-            Op::Set { condition: Some(_), .. } => {
-                Some("SET with NX or XX writes only depending on whether the key exists at that moment")
-            }
+            Op::Set {
+                condition: Some(_), ..
+            } => Some(
+                "SET with NX or XX writes only depending on whether the key exists at that moment",
+            ),
             Op::Set { get: true, .. } => Some("SET with GET returns the value it replaces"),
-            Op::ExpireAt { condition: Some(_), .. } => {
-                Some("an expiry with NX, XX, GT or LT depends on the TTL at that moment")
-            }
+            Op::ExpireAt {
+                condition: Some(_), ..
+            } => Some("an expiry with NX, XX, GT or LT depends on the TTL at that moment"),
             Op::ZAdd { flags, .. } if flags.nx || flags.xx || flags.gt || flags.lt => {
                 Some("ZADD with NX, XX, GT or LT depends on the scores at that moment")
             }
@@ -635,17 +683,26 @@ fn parse_zadd(name: &str, args: &[Bytes]) -> Result<Op, Refusal> {
         i += 1;
     }
     let rest = &args[i..];
-    if rest.is_empty() || rest.len() % 2 != 0 {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err(syntax(name, "syntax error: expected score member pairs"));
     }
     if flags.nx && (flags.xx || flags.gt || flags.lt) {
-        return Err(syntax(name, "GT, LT, and/or NX options at the same time are not compatible"));
+        return Err(syntax(
+            name,
+            "GT, LT, and/or NX options at the same time are not compatible",
+        ));
     }
     if flags.gt && flags.lt {
-        return Err(syntax(name, "GT, LT, and/or NX options at the same time are not compatible"));
+        return Err(syntax(
+            name,
+            "GT, LT, and/or NX options at the same time are not compatible",
+        ));
     }
     if flags.incr && rest.len() != 2 {
-        return Err(syntax(name, "INCR option supports a single increment-element pair"));
+        return Err(syntax(
+            name,
+            "INCR option supports a single increment-element pair",
+        ));
     }
     let mut scored = Vec::with_capacity(rest.len() / 2);
     for pair in rest.chunks_exact(2) {
@@ -671,11 +728,17 @@ fn check_order_dependent_arity(name: &str, n: usize) -> Result<(), Refusal> {
         "SETRANGE" | "HSETNX" | "LREM" | "LSET" | "LTRIM" | "SMOVE" | "SETBIT" => {
             (n == 4, "expected 3 arguments")
         }
-        "ZREMRANGEBYSCORE" | "ZREMRANGEBYRANK" | "ZREMRANGEBYLEX" => (n == 4, "expected 3 arguments"),
+        "ZREMRANGEBYSCORE" | "ZREMRANGEBYRANK" | "ZREMRANGEBYLEX" => {
+            (n == 4, "expected 3 arguments")
+        }
         "LINSERT" | "LMOVE" => (n == 5, "expected 4 arguments"),
         "MSETNX" => (n >= 3 && n % 2 == 1, "expected one or more key value pairs"),
-        "LPUSH" | "RPUSH" | "LPUSHX" | "RPUSHX" => (n >= 3, "expected a key and one or more elements"),
-        "LPOP" | "RPOP" | "SPOP" | "ZPOPMIN" | "ZPOPMAX" => (n == 2 || n == 3, "expected a key and an optional count"),
+        "LPUSH" | "RPUSH" | "LPUSHX" | "RPUSHX" => {
+            (n >= 3, "expected a key and one or more elements")
+        }
+        "LPOP" | "RPOP" | "SPOP" | "ZPOPMIN" | "ZPOPMAX" => {
+            (n == 2 || n == 3, "expected a key and an optional count")
+        }
         "COPY" => (n >= 3, "expected a source and a destination"),
         _ => (n >= 2, "expected at least a key"),
     };

@@ -61,7 +61,11 @@ impl<B: Clone> Clone for ApiState<B> {
 pub fn router<B: Bus>(state: ApiState<B>) -> Router {
     // JSON escapes and base64 make a body larger than the message it carries; the message
     // itself is checked against max_message_bytes after parsing.
-    let body_limit = state.hub.max_message_bytes().saturating_mul(6).saturating_add(64 * 1024);
+    let body_limit = state
+        .hub
+        .max_message_bytes()
+        .saturating_mul(6)
+        .saturating_add(64 * 1024);
     Router::new()
         .route("/v1/publish", post(publish::<B>))
         .route("/v1/status", get(status::<B>))
@@ -83,14 +87,21 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 /// Turns `{"commands": [...], "db": n}` into a message request, saying exactly what is wrong.
 pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
-        format!("body is not valid JSON ({err}); send {{\"commands\": [[\"SET\", \"key\", \"value\"]]}}")
+        format!(
+            "body is not valid JSON ({err}); send {{\"commands\": [[\"SET\", \"key\", \"value\"]]}}"
+        )
     })?;
     let Value::Object(object) = value else {
-        return Err("body must be a JSON object such as {\"commands\": [[\"SET\", \"key\", \"value\"]]}".into());
+        return Err(
+            "body must be a JSON object such as {\"commands\": [[\"SET\", \"key\", \"value\"]]}"
+                .into(),
+        );
     };
     for key in object.keys() {
         if key != "commands" && key != "db" {
-            return Err(format!("unknown field {key:?}: a message has \"commands\" and an optional \"db\""));
+            return Err(format!(
+                "unknown field {key:?}: a message has \"commands\" and an optional \"db\""
+            ));
         }
     }
     let db = match object.get("db") {
@@ -99,7 +110,11 @@ pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| format!("\"db\" must be a database number such as 0, not {n}"))?,
-        Some(other) => return Err(format!("\"db\" must be a database number such as 0, not {other}")),
+        Some(other) => {
+            return Err(format!(
+                "\"db\" must be a database number such as 0, not {other}"
+            ));
+        }
     };
     let Some(Value::Array(commands)) = object.get("commands") else {
         return Err("missing \"commands\": a list of commands, each a list such as [\"SET\", \"key\", \"value\"]".into());
@@ -107,7 +122,9 @@ pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
     let mut parsed = Vec::with_capacity(commands.len());
     for (i, command) in commands.iter().enumerate() {
         let Value::Array(args) = command else {
-            return Err(format!("commands[{i}] must be a list such as [\"SET\", \"key\", \"value\"]"));
+            return Err(format!(
+                "commands[{i}] must be a list such as [\"SET\", \"key\", \"value\"]"
+            ));
         };
         let mut out = Vec::with_capacity(args.len());
         for (j, arg) in args.iter().enumerate() {
@@ -115,7 +132,10 @@ pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
         }
         parsed.push(out);
     }
-    Ok(MessageRequest { commands: parsed, db })
+    Ok(MessageRequest {
+        commands: parsed,
+        db,
+    })
 }
 
 fn parse_arg(arg: &Value) -> Result<Bytes, String> {
@@ -150,7 +170,10 @@ pub fn publish_status(err: &PublishError) -> StatusCode {
     }
 }
 
-async fn publish<B: Bus>(State(state): State<ApiState<B>>, body: Result<Body, BytesRejection>) -> Response {
+async fn publish<B: Bus>(
+    State(state): State<ApiState<B>>,
+    body: Result<Body, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -250,7 +273,11 @@ async fn status<B: Bus>(State(state): State<ApiState<B>>) -> Response {
                 .collect();
             (StatusCode::OK, Json(json!({ "regions": regions }))).into_response()
         }
-        Err(err) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string()),
+        Err(err) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            err.to_string(),
+        ),
     }
 }
 
@@ -260,8 +287,10 @@ mod tests {
 
     #[test]
     fn parses_strings_numbers_and_base64() {
-        let r = parse_publish(br#"{"commands": [["SET", "k", {"base64": "AAEC"}], ["INCRBY", "c", 5]], "db": 2}"#)
-            .unwrap();
+        let r = parse_publish(
+            br#"{"commands": [["SET", "k", {"base64": "AAEC"}], ["INCRBY", "c", 5]], "db": 2}"#,
+        )
+        .unwrap();
         assert_eq!(r.db, 2);
         assert_eq!(r.commands[0][2].as_ref(), &[0, 1, 2]);
         assert_eq!(r.commands[1][2].as_ref(), b"5");
@@ -274,7 +303,10 @@ mod tests {
             (b"[]", "JSON object"),
             (b"{}", "missing \"commands\""),
             (br#"{"commands": [["SET", "k", null]]}"#, "commands[0][2]"),
-            (br#"{"commands": [["SET", "k", {"base64": "!!"}]]}"#, "invalid base64"),
+            (
+                br#"{"commands": [["SET", "k", {"base64": "!!"}]]}"#,
+                "invalid base64",
+            ),
             (br#"{"commands": ["SET"]}"#, "commands[0] must be a list"),
             (br#"{"commands": [], "db": -1}"#, "\"db\""),
             (br#"{"commands": [], "colour": 1}"#, "unknown field"),

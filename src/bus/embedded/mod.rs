@@ -74,7 +74,11 @@ impl EmbeddedBus {
     ///
     /// A region new to the database starts from "now"; a region no longer configured is
     /// removed with its queue (logged).
-    pub fn open(data_dir: &Path, regions: &[String], options: StoreOptions) -> Result<Self, BusError> {
+    pub fn open(
+        data_dir: &Path,
+        regions: &[String],
+        options: StoreOptions,
+    ) -> Result<Self, BusError> {
         std::fs::create_dir_all(data_dir).map_err(|err| {
             BusError::new(
                 BusErrorKind::Storage,
@@ -85,12 +89,22 @@ impl EmbeddedBus {
             )
         })?;
         let (available_tx, available) = watch::channel(0);
-        let store = Store::open(&data_dir.join("bus.sqlite3"), regions, options, available_tx)?;
+        let store = Store::open(
+            &data_dir.join("bus.sqlite3"),
+            regions,
+            options,
+            available_tx,
+        )?;
         let (requests, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("regis-bus-writer".into())
             .spawn(move || store.run(rx))
-            .map_err(|err| BusError::new(BusErrorKind::Storage, format!("cannot start the bus writer thread: {err}")))?;
+            .map_err(|err| {
+                BusError::new(
+                    BusErrorKind::Storage,
+                    format!("cannot start the bus writer thread: {err}"),
+                )
+            })?;
         Ok(EmbeddedBus {
             inner: Arc::new(Inner {
                 requests,
@@ -109,19 +123,24 @@ impl EmbeddedBus {
             .ok_or_else(|| BusError::unknown_region(region))
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, BusError>>) -> Request) -> Result<T, BusError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, BusError>>) -> Request,
+    ) -> Result<T, BusError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .requests
-            .send(make(tx))
-            .map_err(|_| closed())?;
+        self.inner.requests.send(make(tx)).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
     /// Stops the writer after it has persisted every region's progress.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.requests.send(Request::Close { reply: tx }).is_ok() {
+        if self
+            .inner
+            .requests
+            .send(Request::Close { reply: tx })
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -136,7 +155,8 @@ impl Publish for EmbeddedBus {
         if messages.is_empty() {
             return Ok(());
         }
-        self.call(|reply| Request::Publish { messages, reply }).await
+        self.call(|reply| Request::Publish { messages, reply })
+            .await
     }
 
     async fn high_water(&self) -> Result<Option<Version>, BusError> {
@@ -145,7 +165,12 @@ impl Publish for EmbeddedBus {
 }
 
 impl Consume for EmbeddedBus {
-    async fn receive(&self, region: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+    async fn receive(
+        &self,
+        region: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
         let region = self.region_index(region)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut available = self.inner.available.clone();
@@ -153,8 +178,16 @@ impl Consume for EmbeddedBus {
             // Mark the current generation seen before asking, so a commit that lands after
             // the store answered still wakes us.
             available.borrow_and_update();
-            let Received { deliveries, next_due_ms } =
-                self.call(|reply| Request::Receive { region, max: max.max(1), reply }).await?;
+            let Received {
+                deliveries,
+                next_due_ms,
+            } = self
+                .call(|reply| Request::Receive {
+                    region,
+                    max: max.max(1),
+                    reply,
+                })
+                .await?;
             let now = tokio::time::Instant::now();
             if !deliveries.is_empty() || now >= deadline {
                 return Ok(deliveries);
@@ -171,34 +204,59 @@ impl Consume for EmbeddedBus {
         }
     }
 
-    async fn settle(&self, region: &str, settlements: Vec<(Receipt, Settle)>) -> Result<(), BusError> {
+    async fn settle(
+        &self,
+        region: &str,
+        settlements: Vec<(Receipt, Settle)>,
+    ) -> Result<(), BusError> {
         let region = self.region_index(region)?;
         if settlements.is_empty() {
             return Ok(());
         }
-        self.call(|reply| Request::Settle { region, settlements, reply }).await
+        self.call(|reply| Request::Settle {
+            region,
+            settlements,
+            reply,
+        })
+        .await
     }
 }
 
 impl DeadLetters for EmbeddedBus {
     async fn list(&self, region: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let region = self.region_index(region)?;
-        self.call(|reply| Request::ListDead { region, limit, reply }).await
+        self.call(|reply| Request::ListDead {
+            region,
+            limit,
+            reply,
+        })
+        .await
     }
 
     async fn get(&self, region: &str, id: MessageId) -> Result<Option<DeadLetter>, BusError> {
         let region = self.region_index(region)?;
-        self.call(|reply| Request::GetDead { region, id, reply }).await
+        self.call(|reply| Request::GetDead { region, id, reply })
+            .await
     }
 
     async fn redrive(&self, region: &str, which: Selection) -> Result<u64, BusError> {
         let region = self.region_index(region)?;
-        self.call(|reply| Request::Redrive { region, which, reply }).await
+        self.call(|reply| Request::Redrive {
+            region,
+            which,
+            reply,
+        })
+        .await
     }
 
     async fn purge(&self, region: &str, which: Selection) -> Result<u64, BusError> {
         let region = self.region_index(region)?;
-        self.call(|reply| Request::Purge { region, which, reply }).await
+        self.call(|reply| Request::Purge {
+            region,
+            which,
+            reply,
+        })
+        .await
     }
 }
 

@@ -127,7 +127,10 @@ fn parse_receipt(receipt: &Receipt) -> Result<(ReceiptKind, u64, u32), BusError>
     let invalid = || {
         BusError::new(
             BusErrorKind::Invalid,
-            format!("malformed receipt {:?}: settle only receipts this bus handed out", receipt.0),
+            format!(
+                "malformed receipt {:?}: settle only receipts this bus handed out",
+                receipt.0
+            ),
         )
     };
     let mut parts = receipt.0.splitn(3, ':');
@@ -136,20 +139,30 @@ fn parse_receipt(receipt: &Receipt) -> Result<(ReceiptKind, u64, u32), BusError>
         Some("r") => ReceiptKind::Retry,
         _ => return Err(invalid()),
     };
-    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
-    let attempt = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let seq = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(invalid)?;
+    let attempt = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(invalid)?;
     Ok((kind, seq, attempt))
 }
 
 fn storage(err: rusqlite::Error) -> BusError {
-    let disk_full = matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull);
+    let disk_full =
+        matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull);
     if disk_full {
         BusError::new(
             BusErrorKind::Storage,
             "the disk holding data_dir is full: nothing was stored; free space and try again",
         )
     } else {
-        BusError::new(BusErrorKind::Storage, format!("embedded bus storage error: {err}"))
+        BusError::new(
+            BusErrorKind::Storage,
+            format!("embedded bus storage error: {err}"),
+        )
     }
 }
 
@@ -292,13 +305,15 @@ impl Store {
     /// delivered again). Registers new regions from "now" and forgets removed ones.
     fn load(&mut self) -> rusqlite::Result<()> {
         let meta = |conn: &Connection, key: &str| -> rusqlite::Result<Option<u64>> {
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0))
-                .optional()
-                .map(|v| v.map(|v| v as u64))
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.map(|v| v as u64))
         };
-        let max_seq: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(seq) FROM messages", [], |r| r.get(0))?;
+        let max_seq: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(seq) FROM messages", [], |r| r.get(0))?;
         self.last_seq = meta(&self.conn, "last_seq")?
             .unwrap_or(0)
             .max(max_seq.unwrap_or(0) as u64);
@@ -312,15 +327,22 @@ impl Store {
             let mut known: Vec<(String, u64)> = Vec::new();
             {
                 let mut stmt = self.conn.prepare("SELECT name, floor FROM regions")?;
-                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
                 for row in rows {
                     known.push(row?);
                 }
             }
             for (name, _) in known.iter().filter(|(name, _)| !configured.contains(name)) {
-                let retries = self.conn.execute("DELETE FROM retries WHERE region = ?1", [name])?;
-                let dead = self.conn.execute("DELETE FROM dead_letters WHERE region = ?1", [name])?;
-                self.conn.execute("DELETE FROM regions WHERE name = ?1", [name])?;
+                let retries = self
+                    .conn
+                    .execute("DELETE FROM retries WHERE region = ?1", [name])?;
+                let dead = self
+                    .conn
+                    .execute("DELETE FROM dead_letters WHERE region = ?1", [name])?;
+                self.conn
+                    .execute("DELETE FROM regions WHERE name = ?1", [name])?;
                 tracing::warn!(
                     region = %name,
                     retries,
@@ -377,7 +399,8 @@ impl Store {
             let mut stop: Option<Option<oneshot::Sender<()>>> = None;
             batch.retain_mut(|request| match request {
                 Request::Close { .. } | Request::Shutdown => {
-                    if let Request::Close { reply } = std::mem::replace(request, Request::Shutdown) {
+                    if let Request::Close { reply } = std::mem::replace(request, Request::Shutdown)
+                    {
                         stop = Some(Some(reply));
                     } else if stop.is_none() {
                         stop = Some(None);
@@ -404,8 +427,11 @@ impl Store {
 
     fn set_sync(&mut self, full: bool) -> rusqlite::Result<()> {
         if self.sync_full != full {
-            self.conn
-                .execute_batch(if full { "PRAGMA synchronous=FULL" } else { "PRAGMA synchronous=NORMAL" })?;
+            self.conn.execute_batch(if full {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            })?;
             self.sync_full = full;
         }
         Ok(())
@@ -450,12 +476,17 @@ impl Store {
         }
     }
 
-    fn handle(&mut self, request: Request, deferred: &mut Vec<Deferred>, wake: &mut bool) -> rusqlite::Result<()> {
+    fn handle(
+        &mut self,
+        request: Request,
+        deferred: &mut Vec<Deferred>,
+        wake: &mut bool,
+    ) -> rusqlite::Result<()> {
         match request {
             Request::Publish { messages, reply } => {
-                let mut insert = self
-                    .conn
-                    .prepare_cached("INSERT INTO messages (seq, published_at, body) VALUES (?1, ?2, ?3)")?;
+                let mut insert = self.conn.prepare_cached(
+                    "INSERT INTO messages (seq, published_at, body) VALUES (?1, ?2, ?3)",
+                )?;
                 for message in &messages {
                     self.last_seq += 1;
                     insert.execute(params![
@@ -492,7 +523,11 @@ impl Store {
                     }
                 }
             }
-            Request::ListDead { region, limit, reply } => {
+            Request::ListDead {
+                region,
+                limit,
+                reply,
+            } => {
                 let list = self.dead_letters(region, None, limit)?;
                 deferred.push(defer(reply, Ok(list)));
             }
@@ -500,21 +535,29 @@ impl Store {
                 let found = self.dead_letters(region, Some(id), 1)?.into_iter().next();
                 deferred.push(defer(reply, Ok(found)));
             }
-            Request::Redrive { region, which, reply } => {
+            Request::Redrive {
+                region,
+                which,
+                reply,
+            } => {
                 let moved = self.redrive(region, &which)?;
                 *wake |= moved > 0;
                 deferred.push(defer(reply, Ok(moved)));
             }
-            Request::Purge { region, which, reply } => {
+            Request::Purge {
+                region,
+                which,
+                reply,
+            } => {
                 let name = self.regions[region].name.clone();
                 let purged = match &which {
                     Selection::All => self
                         .conn
                         .execute("DELETE FROM dead_letters WHERE region = ?1", [&name])?,
                     Selection::Ids(ids) => {
-                        let mut stmt = self
-                            .conn
-                            .prepare_cached("DELETE FROM dead_letters WHERE region = ?1 AND id = ?2")?;
+                        let mut stmt = self.conn.prepare_cached(
+                            "DELETE FROM dead_letters WHERE region = ?1 AND id = ?2",
+                        )?;
                         let mut n = 0;
                         for id in ids {
                             n += stmt.execute(params![name, id.to_string()])?;
@@ -578,15 +621,20 @@ impl Store {
         let state = &mut self.regions[region];
         let room = max.saturating_sub(deliveries.len());
         if room > 0 && state.next_seq <= self.last_seq {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT seq, body FROM messages WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, body FROM messages WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )?;
             let rows = stmt.query_map(params![state.next_seq as i64, room as i64], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
             })?;
             for row in rows {
                 let (seq, body) = row?;
-                state.leases.insert(seq, Lease { deadline_ms: lease_until });
+                state.leases.insert(
+                    seq,
+                    Lease {
+                        deadline_ms: lease_until,
+                    },
+                );
                 state.next_seq = seq + 1;
                 deliveries.push(Delivery {
                     receipt: receipt(ReceiptKind::First, seq, 1),
@@ -602,8 +650,15 @@ impl Store {
                 [&name],
                 |r| r.get(0),
             )?;
-            let lease_due = self.regions[region].leases.values().map(|l| l.deadline_ms).min();
-            [retry_due.map(|d| d as u64), lease_due].into_iter().flatten().min()
+            let lease_due = self.regions[region]
+                .leases
+                .values()
+                .map(|l| l.deadline_ms)
+                .min();
+            [retry_due.map(|d| d as u64), lease_due]
+                .into_iter()
+                .flatten()
+                .min()
         } else {
             None
         };
@@ -613,7 +668,14 @@ impl Store {
         })
     }
 
-    fn settle(&mut self, region: usize, kind: ReceiptKind, seq: u64, attempt: u32, settle: Settle) -> rusqlite::Result<()> {
+    fn settle(
+        &mut self,
+        region: usize,
+        kind: ReceiptKind,
+        seq: u64,
+        attempt: u32,
+        settle: Settle,
+    ) -> rusqlite::Result<()> {
         let now = now_ms();
         let name = self.regions[region].name.clone();
         if kind == ReceiptKind::First && self.regions[region].leases.remove(&seq).is_some() {
@@ -632,12 +694,23 @@ impl Store {
                 Settle::DeadLetter { reason } => {
                     let row: Option<(i64, Vec<u8>)> = self
                         .conn
-                        .query_row("SELECT published_at, body FROM messages WHERE seq = ?1", [seq as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
+                        .query_row(
+                            "SELECT published_at, body FROM messages WHERE seq = ?1",
+                            [seq as i64],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
                         .optional()?;
                     if let Some((published_at, body)) = row {
-                        self.insert_dead_letter(&name, seq, published_at as u64, &body, attempt, now, now, &reason)?;
+                        self.insert_dead_letter(
+                            &name,
+                            seq,
+                            published_at as u64,
+                            &body,
+                            attempt,
+                            now,
+                            now,
+                            &reason,
+                        )?;
                     }
                 }
             }
@@ -647,8 +720,12 @@ impl Store {
         // now lives in `retries`.
         let row: Option<(u32, u32)> = self
             .conn
-            .prepare_cached("SELECT receive_count, settled_count FROM retries WHERE region = ?1 AND seq = ?2")?
-            .query_row(params![name, seq as i64], |r| Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u32)))
+            .prepare_cached(
+                "SELECT receive_count, settled_count FROM retries WHERE region = ?1 AND seq = ?2",
+            )?
+            .query_row(params![name, seq as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u32))
+            })
             .optional()?;
         let Some((receive_count, _)) = row else {
             return Ok(());
@@ -680,7 +757,13 @@ impl Store {
         Ok(())
     }
 
-    fn dead_letter_retry_row(&mut self, region: &str, seq: u64, attempts: u32, reason: &str) -> rusqlite::Result<()> {
+    fn dead_letter_retry_row(
+        &mut self,
+        region: &str,
+        seq: u64,
+        attempts: u32,
+        reason: &str,
+    ) -> rusqlite::Result<()> {
         let now = now_ms();
         let row: Option<(i64, Vec<u8>, Option<i64>)> = self
             .conn
@@ -692,9 +775,20 @@ impl Store {
             .optional()?;
         if let Some((published_at, body, first_failure)) = row {
             let first = first_failure.map_or(now, |f| f as u64);
-            self.insert_dead_letter(region, seq, published_at as u64, &body, attempts, first, now, reason)?;
-            self.conn
-                .execute("DELETE FROM retries WHERE region = ?1 AND seq = ?2", params![region, seq as i64])?;
+            self.insert_dead_letter(
+                region,
+                seq,
+                published_at as u64,
+                &body,
+                attempts,
+                first,
+                now,
+                reason,
+            )?;
+            self.conn.execute(
+                "DELETE FROM retries WHERE region = ?1 AND seq = ?2",
+                params![region, seq as i64],
+            )?;
         }
         Ok(())
     }
@@ -738,25 +832,33 @@ impl Store {
         Ok(())
     }
 
-    fn dead_letters(&mut self, region: usize, id: Option<MessageId>, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+    fn dead_letters(
+        &mut self,
+        region: usize,
+        id: Option<MessageId>,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<DeadLetter>> {
         let name = self.regions[region].name.clone();
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, body, attempts, published_at, first_failure, last_failure, last_error
              FROM dead_letters WHERE region = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY dead_at, id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![name, id.map(|i| i.to_string()), limit as i64], |r| {
-            let id: String = r.get(0)?;
-            Ok(DeadLetter {
-                id: id.parse().unwrap_or(MessageId(uuid::Uuid::nil())),
-                region: name.clone(),
-                body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                attempts: r.get::<_, i64>(2)? as u32,
-                published_at_ms: r.get::<_, i64>(3)? as u64,
-                first_failure_ms: r.get::<_, i64>(4)? as u64,
-                last_failure_ms: r.get::<_, i64>(5)? as u64,
-                last_error: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![name, id.map(|i| i.to_string()), limit as i64],
+            |r| {
+                let id: String = r.get(0)?;
+                Ok(DeadLetter {
+                    id: id.parse().unwrap_or(MessageId(uuid::Uuid::nil())),
+                    region: name.clone(),
+                    body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    attempts: r.get::<_, i64>(2)? as u32,
+                    published_at_ms: r.get::<_, i64>(3)? as u64,
+                    first_failure_ms: r.get::<_, i64>(4)? as u64,
+                    last_failure_ms: r.get::<_, i64>(5)? as u64,
+                    last_error: r.get(6)?,
+                })
+            },
+        )?;
         rows.collect()
     }
 
@@ -764,7 +866,9 @@ impl Store {
         let name = self.regions[region].name.clone();
         let ids: Vec<String> = match which {
             Selection::All => {
-                let mut stmt = self.conn.prepare_cached("SELECT id FROM dead_letters WHERE region = ?1")?;
+                let mut stmt = self
+                    .conn
+                    .prepare_cached("SELECT id FROM dead_letters WHERE region = ?1")?;
                 let rows = stmt.query_map([&name], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             }
@@ -814,7 +918,11 @@ impl Store {
             let floor = region.floor();
             let oldest_topic: Option<i64> = if floor <= self.last_seq {
                 self.conn
-                    .query_row("SELECT published_at FROM messages WHERE seq = ?1", [floor as i64], |r| r.get(0))
+                    .query_row(
+                        "SELECT published_at FROM messages WHERE seq = ?1",
+                        [floor as i64],
+                        |r| r.get(0),
+                    )
                     .optional()?
             } else {
                 None
@@ -865,7 +973,12 @@ impl Store {
         }
         if self.last_gc.elapsed() >= GC_EVERY {
             self.last_gc = Instant::now();
-            let min_floor = self.regions.iter().map(RegionState::floor).min().unwrap_or(self.last_seq + 1);
+            let min_floor = self
+                .regions
+                .iter()
+                .map(RegionState::floor)
+                .min()
+                .unwrap_or(self.last_seq + 1);
             if min_floor > self.gc_floor {
                 self.conn
                     .prepare_cached("DELETE FROM messages WHERE seq < ?1")?
@@ -875,12 +988,17 @@ impl Store {
         }
         if self.last_dead_letter_expiry.elapsed() >= DEAD_LETTER_EXPIRY_EVERY {
             self.last_dead_letter_expiry = Instant::now();
-            let cutoff = now_ms().saturating_sub(self.options.dead_letter_retention.as_millis() as u64);
-            let removed = self
-                .conn
-                .execute("DELETE FROM dead_letters WHERE dead_at < ?1", [cutoff as i64])?;
+            let cutoff =
+                now_ms().saturating_sub(self.options.dead_letter_retention.as_millis() as u64);
+            let removed = self.conn.execute(
+                "DELETE FROM dead_letters WHERE dead_at < ?1",
+                [cutoff as i64],
+            )?;
             if removed > 0 {
-                tracing::info!(removed, "expired dead letters removed (older than dead_letter_retention)");
+                tracing::info!(
+                    removed,
+                    "expired dead letters removed (older than dead_letter_retention)"
+                );
             }
         }
         Ok(wake)
@@ -907,7 +1025,9 @@ impl Store {
             && let Some(v) = self.high_water
         {
             self.conn
-                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('high_water', ?1)")?
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('high_water', ?1)",
+                )?
                 .execute([v.packed() as i64])?;
             self.persisted_high_water = self.high_water;
         }

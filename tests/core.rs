@@ -1,0 +1,552 @@
+//! End-to-end tests of the core replication path on the embedded bus: real `redis-server`s,
+//! a real hub, the real HTTP API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use regis::bus::embedded::{EmbeddedBus, StoreOptions};
+use regis::bus::{Consume, DeadLetters, Publish, Settle, Stats};
+use regis::command::Convergence;
+use regis::hub::{Hub, MessageRequest};
+use regis::redis_process::free_port;
+use regis::snapshot::{Entry, Snapshot};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_http_applies_in_every_region() {
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&config(data.path(), &regions)).await;
+    let addr = hub.http_addr();
+
+    publish(addr, json!([["SET", "greeting", "hello"]]))
+        .await
+        .unwrap();
+    publish(
+        addr,
+        json!([
+            ["HSET", "hotel:1", "name", "Raffles", "stars", 5],
+            ["SADD", "cities", "singapore"]
+        ]),
+    )
+    .await
+    .unwrap();
+    publish(
+        addr,
+        json!([["SET", "blob", {"base64": "AP8KDQ=="}], ["INCRBY", "views", 3], ["INCR", "views"]]),
+    )
+    .await
+    .unwrap();
+    publish(
+        addr,
+        json!([
+            ["ZADD", "by-rate", "120.5", "hotel:1"],
+            ["SET", "fare", "99", "EX", "600"]
+        ]),
+    )
+    .await
+    .unwrap();
+
+    assert!(
+        drained(hub.bus(), Duration::from_secs(20)).await,
+        "regions did not catch up"
+    );
+    for region in &regions {
+        let snap = snapshot(region).await;
+        assert_eq!(
+            snap.keys[b"greeting".as_slice()].0,
+            Entry::String(b"hello".to_vec())
+        );
+        assert_eq!(
+            snap.keys[b"blob".as_slice()].0,
+            Entry::String(vec![0, 255, 10, 13])
+        );
+        assert_eq!(
+            snap.keys[b"views".as_slice()].0,
+            Entry::String(b"4".to_vec())
+        );
+        assert_eq!(
+            snap.keys[b"hotel:1".as_slice()].0,
+            Entry::Hash(vec![
+                (b"name".to_vec(), b"Raffles".to_vec()),
+                (b"stars".to_vec(), b"5".to_vec())
+            ])
+        );
+        assert_eq!(
+            snap.keys[b"cities".as_slice()].0,
+            Entry::Set(vec![b"singapore".to_vec()])
+        );
+        assert_eq!(
+            snap.keys[b"by-rate".as_slice()].0,
+            Entry::ZSet(vec![(b"hotel:1".to_vec(), 120.5)])
+        );
+        let fare_ttl = snap.keys[b"fare".as_slice()].1.expect("fare has a TTL");
+        assert!(
+            (590_000..=600_000).contains(&fare_ttl),
+            "fare TTL {fare_ttl}"
+        );
+        assert_eq!(snap.len(), 7, "{snap}");
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_down_while_publishing_gets_everything_when_it_returns() {
+    let mut regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&config(data.path(), &regions)).await;
+    let addr = hub.http_addr();
+
+    for i in 0..50 {
+        publish(
+            addr,
+            json!([["SET", format!("k{i}"), format!("before-{i}")]]),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+
+    regions[1].shutdown_saving();
+    for i in 0..200 {
+        publish(
+            addr,
+            json!([
+                ["SET", format!("k{}", i % 80), format!("during-{i}")],
+                ["INCR", "counter"]
+            ]),
+        )
+        .await
+        .unwrap();
+    }
+    // The stopped region's backlog waits on the bus; the other region keeps up.
+    let backlog_seen = eventually(Duration::from_secs(10), || async {
+        let stats = hub.bus().stats().await.unwrap();
+        stats[1].depth + stats[1].in_flight > 0 && stats[0].depth == 0
+    })
+    .await;
+    assert!(backlog_seen, "{:?}", hub.bus().stats().await.unwrap());
+
+    regions[1].restart().unwrap();
+    assert!(
+        drained(hub.bus(), Duration::from_secs(30)).await,
+        "backlog did not drain"
+    );
+    let expected = snapshot(&regions[0]).await;
+    assert_eq!(
+        expected.keys[b"counter".as_slice()].0,
+        Entry::String(b"200".to_vec())
+    );
+    assert_eq!(
+        expected.keys[b"k39".as_slice()].0,
+        Entry::String(b"during-199".to_vec())
+    );
+    assert_eq!(
+        expected.keys[b"k79".as_slice()].0,
+        Entry::String(b"during-159".to_vec())
+    );
+    assert_converges(&regions, &expected, Duration::from_secs(5)).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_while_the_others_are_applied() {
+    let regions = regions(2);
+    // In region 0 the key is a string, written there directly: an HSET on it is poison there.
+    redis_cmd(&regions[0], &["SET", "profile", "not-a-hash"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&config(data.path(), &regions)).await;
+    let addr = hub.http_addr();
+
+    publish(addr, json!([["SET", "before", "1"]]))
+        .await
+        .unwrap();
+    let poison = publish(
+        addr,
+        json!([
+            ["HSET", "profile", "name", "Ana"],
+            ["SET", "same-message", "x"]
+        ]),
+    )
+    .await
+    .unwrap();
+    for i in 0..30 {
+        publish(addr, json!([["SET", format!("after{i}"), i]]))
+            .await
+            .unwrap();
+    }
+
+    let dead = eventually(Duration::from_secs(20), || async {
+        hub.bus().stats().await.unwrap()[0].dead_letters == 1
+    })
+    .await;
+    assert!(dead, "{:?}", hub.bus().stats().await.unwrap());
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+
+    let letters = hub.bus().list("r0", 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id.to_string(), poison);
+    assert_eq!(letters[0].attempts, 3, "dead-lettered after max_receives");
+    assert!(
+        letters[0].last_error.contains("WRONGTYPE"),
+        "{}",
+        letters[0].last_error
+    );
+
+    let r0 = snapshot(&regions[0]).await;
+    assert_eq!(
+        r0.keys[b"profile".as_slice()].0,
+        Entry::String(b"not-a-hash".to_vec())
+    );
+    assert!(
+        !r0.keys.contains_key(b"same-message".as_slice()),
+        "a poison message is applied all or nothing"
+    );
+    assert!(
+        r0.keys.contains_key(b"after29".as_slice()) && r0.keys.contains_key(b"before".as_slice())
+    );
+    let r1 = snapshot(&regions[1]).await;
+    assert_eq!(
+        r1.keys[b"profile".as_slice()].0,
+        Entry::Hash(vec![(b"name".to_vec(), b"Ana".to_vec())]),
+        "the other region applied it"
+    );
+    assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+    hub.shutdown().await;
+}
+
+/// A consumer that leases messages and dies without settling them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let regions = vec!["r0".to_string()];
+    let bus = EmbeddedBus::open(
+        data.path(),
+        &regions,
+        StoreOptions {
+            visibility_timeout: Duration::from_millis(500),
+            max_receives: 5,
+            dead_letter_retention: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+        .await
+        .unwrap();
+    let request = MessageRequest {
+        commands: vec![vec!["SET".into(), "k".into(), "v".into()]],
+        db: 0,
+    };
+    let receipt = hub.publish(&request).await.unwrap();
+
+    let first = bus.receive("r0", 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    // While leased, nobody else gets it.
+    assert!(
+        bus.receive("r0", 10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let again = bus.receive("r0", 10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "delivered again after the visibility timeout"
+    );
+    assert_eq!(again[0].receive_count, 2);
+    let decoded = regis::envelope::Envelope::decode(&again[0].body).unwrap();
+    assert_eq!(decoded.id, receipt.id);
+
+    // The dead consumer's late Retry is ignored; the live one's Ack ends it; a repeated Ack
+    // does no harm.
+    bus.settle(
+        "r0",
+        vec![(
+            first[0].receipt.clone(),
+            Settle::Retry {
+                after: Duration::ZERO,
+                reason: "late".into(),
+            },
+        )],
+    )
+    .await
+    .unwrap();
+    bus.settle("r0", vec![(again[0].receipt.clone(), Settle::Ack)])
+        .await
+        .unwrap();
+    bus.settle("r0", vec![(again[0].receipt.clone(), Settle::Ack)])
+        .await
+        .unwrap();
+    assert!(
+        bus.receive("r0", 10, Duration::from_millis(700))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = bus.stats().await.unwrap();
+    assert_eq!(
+        (stats[0].depth, stats[0].in_flight, stats[0].dead_letters),
+        (0, 0, 0)
+    );
+    assert!(bus.high_water().await.unwrap() >= Some(receipt.version));
+    bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_hub_loses_nothing_acknowledged() {
+    let mut regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = write_config(
+        data.path(),
+        &config(&data.path().join("bus"), &regions),
+        port,
+    );
+    // Region 1 is down, so its whole share is still on the hub's disk when the hub dies.
+    regions[1].shutdown_saving();
+    let mut serve = ServeProcess::start(&path, addr).await;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        publish(
+            addr,
+            json!([
+                ["SET", format!("key{i}"), format!("value{i}")],
+                ["INCR", "acked"]
+            ]),
+        )
+        .await
+        .unwrap();
+        acked.push(i);
+    }
+    serve.kill_9();
+
+    regions[1].restart().unwrap();
+    let serve = ServeProcess::start(&path, addr).await;
+    let ok = eventually(Duration::from_secs(30), || async {
+        let mut all = true;
+        for region in &regions {
+            let snap = snapshot(region).await;
+            all &= acked.iter().all(|i| {
+                snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
+                    == Some(&Entry::String(format!("value{i}").into_bytes()))
+            });
+            all &= snap.keys.get(b"acked".as_slice()).map(|e| &e.0)
+                == Some(&Entry::String(b"300".to_vec()));
+        }
+        all
+    })
+    .await;
+    assert!(
+        ok,
+        "after kill -9 and restart every acknowledged message is applied exactly as published"
+    );
+    drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config(data.path(), &regions);
+    config.max_message_bytes = 4096;
+    let hub = start_hub(&config).await;
+    let addr = hub.http_addr();
+
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"not json".to_vec(), 400, "not valid JSON"),
+        (b"{\"commands\": 5}".to_vec(), 400, "commands"),
+        (b"{\"commands\": []}".to_vec(), 422, "at least one command"),
+        (
+            json!({"commands": [["GET", "k"]]}).to_string().into_bytes(),
+            422,
+            "read from your regional Redis",
+        ),
+        (
+            json!({"commands": [["FLUSHALL"]]}).to_string().into_bytes(),
+            422,
+            "FLUSHALL is refused",
+        ),
+        (
+            json!({"commands": [["EVAL", "return 1", "0"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "EVAL is refused",
+        ),
+        (
+            json!({"commands": [["NOSUCH", "k"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "unknown command 'NOSUCH'",
+        ),
+        (
+            json!({"commands": [["SET", "k"]]}).to_string().into_bytes(),
+            422,
+            "wrong number of arguments for 'SET'",
+        ),
+        (
+            json!({"commands": [["LPUSH", "l", "x"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "convergence = \\\"none\\\" accepts it",
+        ),
+        // One bad command refuses the whole message: its good command is not published.
+        (
+            json!({"commands": [["SET", "good", "1"], ["HSET", "h"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "command 1",
+        ),
+        (
+            json!({"commands": [["SET", "big", "x".repeat(5000)]]})
+                .to_string()
+                .into_bytes(),
+            413,
+            "4096 bytes",
+        ),
+        (vec![b'['; 200_000], 413, "too large"),
+    ];
+    for (body, status, needle) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        let (got, answer) = publish_body(addr, body).await.expect_err(&shown);
+        assert_eq!(got, status, "{shown}: {answer}");
+        let message = answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let text = format!("{message} {}", answer["error"]["code"]);
+        assert!(
+            text.contains(needle.trim_matches('\\')) || answer.to_string().contains(needle),
+            "{shown}: {answer}"
+        );
+    }
+    let stats = hub.bus().stats().await.unwrap();
+    assert_eq!(
+        stats[0].depth + stats[0].in_flight,
+        0,
+        "nothing was published"
+    );
+    // Still nothing published after workers had time to apply anything that slipped through.
+    publish(addr, json!([["SET", "marker", "1"]]))
+        .await
+        .unwrap();
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    let snap: Snapshot = snapshot(&regions[0]).await;
+    assert_eq!(
+        snap.keys
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>(),
+        vec!["marker"]
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = write_config(
+        data.path(),
+        &config(&data.path().join("bus"), &regions),
+        port,
+    );
+    let mut serve = ServeProcess::start(&path, addr).await;
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
+        .args([
+            "publish",
+            "--url",
+            &format!("http://{addr}"),
+            "--",
+            "SET",
+            "cli-key",
+            "cli value",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        id.trim().parse::<uuid::Uuid>().is_ok(),
+        "prints the message id, got {id:?}"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
+        .args([
+            "publish",
+            "--url",
+            &format!("http://{addr}"),
+            "--",
+            "GET",
+            "cli-key",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("read from your regional Redis"));
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            snapshot(&regions[0])
+                .await
+                .keys
+                .contains_key(b"cli-key".as_slice())
+        })
+        .await
+    );
+    let status = serve.terminate();
+    assert!(
+        status.success(),
+        "regis serve exits 0 on SIGTERM, got {status}"
+    );
+}
+
+#[test]
+fn a_bad_config_fails_at_start_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[delivery]\nmax_receives = 0\n[[regions]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("delivery.max_receives"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_demo_runs_and_exits_zero() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
+        .arg("demo")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("identical"), "{stdout}");
+}
