@@ -104,12 +104,14 @@ local function replay(i, s, from, wanted)
     local bar = string.find(rest, '|', 1, true)
     local delta = string.sub(rest, 1, bar - 1)
     local field = string.sub(rest, bar + 1)
-    if wanted(kind, field) then
-      if kind == 'i' then call('INCRBY', K(i), delta)
-      elseif kind == 'f' then call('INCRBYFLOAT', K(i), delta)
-      elseif kind == 'h' then call('HINCRBY', K(i), field, delta)
-      elseif kind == 'g' then call('HINCRBYFLOAT', K(i), field, delta)
-      elseif kind == 'z' then call('ZINCRBY', K(i), delta, field) end
+    -- An increment that cannot apply on top of this (older) assignment is left out: a newer
+    -- assignment still on its way will replay it again, and that is the state that counts.
+    if wanted(kind, field, string.sub(rec, 1, 19)) then
+      if kind == 'i' then redis.pcall('INCRBY', K(i), delta)
+      elseif kind == 'f' then redis.pcall('INCRBYFLOAT', K(i), delta)
+      elseif kind == 'h' then redis.pcall('HINCRBY', K(i), field, delta)
+      elseif kind == 'g' then redis.pcall('HINCRBYFLOAT', K(i), field, delta)
+      elseif kind == 'z' then redis.pcall('ZINCRBY', K(i), delta, field) end
     end
   end
 end
@@ -132,11 +134,22 @@ local function register_of(i, member)
   return redis.call('HGET', M(i), '.' .. member) or ZERO
 end
 
--- Everything of the key older than `vd` is gone; newer member and counter writes stay.
+-- Everything of the key older than `vd` is gone — its data and its TTL; newer member and
+-- counter writes stay. Returns whether anything changed.
 local function destroy(i, s, vd)
-  if vd <= s.f then return false end
+  local changed = false
+  if vd > s.t then
+    -- A delete is also a TTL write: "no TTL" at vd.
+    s.t = vd
+    changed = true
+    if s.d > 0 then
+      s.d = 0
+      s.e = ZERO
+      if vd <= s.f then call('PERSIST', K(i)) end
+    end
+  end
+  if vd <= s.f then return changed end
   s.f = vd
-  if s.t < vd then s.d = 0 end
   local kept_registers = {}
   if s.g > vd then
     -- Some members were written after vd: keep exactly those.
@@ -162,20 +175,34 @@ local function destroy(i, s, vd)
       if string.sub(f, 1, 1) == '.' and register_of(i, string.sub(f, 2)) <= vd then dead[#dead + 1] = f end
     end
     chunked('HDEL', {M(i)}, dead)
+    -- The survivors were written after vd; a TTL the delete superseded no longer applies.
+    if s.d == 0 then call('PERSIST', K(i)) end
   else
     call('DEL', K(i))
     drop_registers(i, s)
   end
   if s.c then
     -- Increments after vd start again from nothing, except on members assigned after vd.
-    replay(i, s, vd, function(kind, field)
+    -- A surviving member already holds its increments; a removed or pruned one gets back
+    -- those newer than its last assignment or removal.
+    replay(i, s, vd, function(kind, field, version)
       if is_string_kind(kind) then return true end
-      local r = kept_registers[field]
-      return r == nil
+      return kept_registers[field] == nil and version > register_of(i, field)
     end)
     call('ZREMRANGEBYLEX', R(i), '-', '(' .. vd)
   end
   return true
+end
+
+-- Whether a deadline d (with e, the version just after its millisecond) set at version v
+-- has already deleted the key. A deadline already past when it was published is a delete at
+-- v, whatever else happened. One that passed since fired at d unless a TTL write between v
+-- and d replaced it first; the newest TTL write known (s.t) tells, except for one that is
+-- itself still on its way (see docs/convergence.md, "Expiry races").
+local function fires(s, v, d, e)
+  if d >= NOW then return false end
+  if e <= v then return true end
+  return s.t <= v or s.t > e
 end
 
 local function apply_deadline(i, s)
@@ -196,7 +223,8 @@ local function load(i)
     -- Redis expired the key at d: everything written before then is gone for good.
     destroy(i, s, vmax(s.t, s.e))
     s.d = 0
-    save(i, s, 'f', 'd', 'g')
+    s.e = ZERO
+    save(i, s, 'f', 't', 'd', 'e', 'g')
   end
   return s
 end
@@ -264,23 +292,33 @@ local ops = {}
 ops.S = function(i, v, a)
   local value, mode, d, e = a[1], a[2], tonumber(a[3]), a[4]
   local s = load(i)
-  if v <= s.f then return end
-  if v > s.t then
-    if mode == 'C' then s.t = v; s.d = 0; s.e = ZERO
-    elseif mode == 'A' then s.t = v; s.d = d; s.e = e end
-  end
-  s.f = v
-  if s.g ~= ZERO and s.g <= v then drop_registers(i, s) end
-  if s.d > 0 and s.d < NOW then
-    -- Born expired: a delete at the later of this write and its deadline.
-    call('DEL', K(i))
-    s.f = vmax(v, vmax(s.t, s.e))
-    s.d = 0
-    replay(i, s, s.f, is_string_kind)
+  -- Born expired: Redis deletes the key, so this is a delete at the later of this write and
+  -- its deadline.
+  local expired = mode == 'A' and fires(s, v, d, e)
+  if v <= s.f or s.g > v or expired then
+    -- The value itself does not survive: it is expired, or superseded by a newer whole-key
+    -- write (whose TTL may still be this one's, when that write was a SET ... KEEPTTL), or,
+    -- in a well-typed history, by a delete still on its way that sits between this SET and
+    -- the members written after it.
+    if expired then
+      destroy(i, s, vmax(v, e))
+    elseif v > s.f then
+      destroy(i, s, v)
+    elseif mode ~= 'K' and v > s.t then
+      s.t = v
+      if mode == 'A' then s.d = d; s.e = e else s.d = 0; s.e = ZERO end
+      if s.d > 0 then call('PEXPIREAT', K(i), s.d) else call('PERSIST', K(i)) end
+    end
     save(i, s, 'f', 't', 'd', 'e', 'g')
     meta_expiry(i, s, exists(i))
     return
   end
+  if mode ~= 'K' and v > s.t then
+    s.t = v
+    if mode == 'A' then s.d = d; s.e = e else s.d = 0; s.e = ZERO end
+  end
+  s.f = v
+  if s.g ~= ZERO then drop_registers(i, s) end
   if s.d > 0 then call('SET', K(i), value, 'PXAT', s.d) else call('SET', K(i), value) end
   if s.c then
     replay(i, s, v, is_string_kind)
@@ -294,7 +332,7 @@ end
 ops.D = function(i, v, a)
   local s = load(i)
   if destroy(i, s, v) then
-    save(i, s, 'f', 'd', 'g')
+    save(i, s, 'f', 't', 'd', 'e', 'g')
     local live = exists(i)
     if live then apply_deadline(i, s) end
     meta_expiry(i, s, live)
@@ -395,16 +433,13 @@ ops.SR = members_op('SREM', false, false, true, nil)
 ops.ZA = members_op('ZADD', true, true, false, zset_kinds)
 ops.ZR = members_op('ZREM', false, false, true, zset_kinds)
 
--- PEXPIREAT key d: operands d, e.
+-- PEXPIREAT key d: operands d, e. The TTL register is compared with t only: a newer
+-- SET ... KEEPTTL raised the data floor but kept whatever TTL this sets.
 ops.X = function(i, v, a)
   local d, e = tonumber(a[1]), a[2]
   local s = load(i)
-  if v <= s.f or v <= s.t then return end
-  s.t = v
-  if d < NOW then
+  if fires(s, v, d, e) then
     -- Already due: a delete at the later of this write and the deadline.
-    s.d = 0
-    s.e = ZERO
     destroy(i, s, vmax(v, e))
     save(i, s, 'f', 't', 'd', 'e', 'g')
     local live = exists(i)
@@ -412,6 +447,8 @@ ops.X = function(i, v, a)
     meta_expiry(i, s, live)
     return
   end
+  if v <= s.t or d < NOW then return end
+  s.t = v
   s.d = d
   s.e = e
   call('PEXPIREAT', K(i), d)
@@ -422,7 +459,7 @@ end
 -- PERSIST key: operands none.
 ops.P = function(i, v, a)
   local s = load(i)
-  if v <= s.f or v <= s.t then return end
+  if v <= s.t then return end
   s.t = v
   s.d = 0
   s.e = ZERO
@@ -463,18 +500,34 @@ end
 local function check_types(list)
   local planned = {}
   for _, op in ipairs(list) do
+    local s = load(op.i)
     local want = needs[op.code]
-    if want and op.v > load(op.i).f then
+    op.skip = false
+    if want and op.v > s.f then
       if planned[op.i] == nil then planned[op.i] = redis.call('TYPE', K(op.i))['ok'] end
       local have = planned[op.i]
       if have ~= 'none' and have ~= want then
-        error('WRONGTYPE Operation against a key holding the wrong kind of value ('
-          .. (TYPE_WORDS[want] or want) .. ' command on ' .. (TYPE_WORDS[have] or have)
-          .. ' in this region)', 0)
+        if s.g > op.v then
+          -- Members of another type were written after this op: in a well-typed history a
+          -- delete between the two is still on its way, so this op is already superseded.
+          op.skip = true
+        else
+          error('WRONGTYPE Operation against a key holding the wrong kind of value ('
+            .. (TYPE_WORDS[want] or want) .. ' command on ' .. (TYPE_WORDS[have] or have)
+            .. ' in this region)', 0)
+        end
+      elseif creates[op.code] and have == 'none' then
+        planned[op.i] = want
       end
-      if creates[op.code] and have == 'none' then planned[op.i] = want end
     end
-    if leaves[op.code] then planned[op.i] = leaves[op.code] end
+    -- What a whole-key op leaves behind, when it is newer than the data there.
+    local deadline = (op.code == 'X' and tonumber(op.a[1])) or (op.code == 'S' and op.a[2] == 'A' and tonumber(op.a[3]))
+    local e = (op.code == 'X' and op.a[2]) or (op.code == 'S' and op.a[4])
+    if deadline and fires(s, op.v, deadline, e) then
+      if vmax(op.v, e) > s.f and s.g <= vmax(op.v, e) then planned[op.i] = 'none' end
+    elseif leaves[op.code] and op.v > s.f then
+      planned[op.i] = leaves[op.code]
+    end
   end
 end
 
@@ -482,7 +535,9 @@ local results = {}
 for m, list in ipairs(messages) do
   local ok, err = pcall(function()
     check_types(list)
-    for _, op in ipairs(list) do ops[op.code](op.i, op.v, op.a) end
+    for _, op in ipairs(list) do
+      if not op.skip then ops[op.code](op.i, op.v, op.a) end
+    end
   end)
   if ok then
     results[m] = 0

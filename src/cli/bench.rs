@@ -30,9 +30,25 @@ use crate::latency::LatencySummary;
 use crate::redis_process::RedisProcess;
 use crate::server::Server;
 
+/// Which measurements to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// End to end through the hub into every region, against the direct fan-out.
+    E2e,
+    /// One region's apply path under each convergence mode, against the raw SET ceiling,
+    /// and the memory cost of `lww` metadata.
+    Apply,
+}
+
 /// Options of `regis bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Which measurements to run.
+    #[arg(long, value_enum, default_value_t = Suite::E2e)]
+    pub suite: Suite,
+    /// Distinct keys written for the memory measurement of `--suite apply`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_keys: usize,
     /// Messages (one SET each) in the direct and saturation runs.
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
@@ -97,6 +113,9 @@ impl Workload {
 
 /// Runs the benchmark and prints a report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.suite == Suite::Apply {
+        return super::bench_apply::run(&args).await;
+    }
     if args.duration > Duration::from_secs(50) {
         bail!("--duration is at most 50s (latency is read from the last minute of each region)");
     }

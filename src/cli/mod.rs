@@ -3,6 +3,7 @@
 //! One file per subcommand; this module holds the clap definitions and dispatch.
 
 mod bench;
+mod bench_apply;
 mod demo;
 mod publish;
 mod serve;
