@@ -107,7 +107,11 @@ impl Generator {
                     out = vec![s("EXPIRE"), s(key), s("-1")];
                     self.set(key, KeyModel::default());
                 } else if seed % 7 == 1 {
-                    out = vec![s("PEXPIREAT"), s(key), s(self.now_ms + 900_000 + seed as u64)];
+                    out = vec![
+                        s("PEXPIREAT"),
+                        s(key),
+                        s(self.now_ms + 900_000 + seed as u64),
+                    ];
                     self.model.get_mut(key).unwrap().ttl = true;
                 } else {
                     out = vec![s("EXPIRE"), s(key), s(2000 + seed as u64)];
@@ -128,16 +132,35 @@ impl Generator {
             ("v", _) => {
                 if op % 9 == 3 {
                     let other = if key == "v0" { "v1" } else { "v0" };
-                    out = vec![s("MSET"), s(key), format!("x{seed}"), s(other), format!("y{seed}")];
+                    out = vec![
+                        s("MSET"),
+                        s(key),
+                        format!("x{seed}"),
+                        s(other),
+                        format!("y{seed}"),
+                    ];
                     for k in [key, other] {
-                        self.set(k, KeyModel { kind: Kind::Str, ..Default::default() });
+                        self.set(
+                            k,
+                            KeyModel {
+                                kind: Kind::Str,
+                                ..Default::default()
+                            },
+                        );
                     }
                 } else if op % 9 == 4 && exists {
                     out = vec![s("SET"), s(key), format!("kept{seed}"), s("KEEPTTL")];
                 } else {
                     out = vec![s("SET"), s(key), format!("val{seed}")];
                     let ttl = self.ttl_suffix(seed, &mut out);
-                    self.set(key, KeyModel { kind: Kind::Str, ttl, ..Default::default() });
+                    self.set(
+                        key,
+                        KeyModel {
+                            kind: Kind::Str,
+                            ttl,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             // Integer counter.
@@ -145,7 +168,14 @@ impl Generator {
                 if op % 5 == 0 {
                     out = vec![s("SET"), s(key), s(seed as i64 % 50 - 20)];
                     let ttl = self.ttl_suffix(seed / 7, &mut out);
-                    self.set(key, KeyModel { kind: Kind::Int, ttl, ..Default::default() });
+                    self.set(
+                        key,
+                        KeyModel {
+                            kind: Kind::Int,
+                            ttl,
+                            ..Default::default()
+                        },
+                    );
                 } else {
                     out = match op % 3 {
                         0 => vec![s("INCR"), s(key)],
@@ -161,9 +191,19 @@ impl Generator {
             ("c", _) => {
                 if op % 5 == 0 {
                     out = vec![s("SET"), s(key), format!("{}.5", seed % 40)];
-                    self.set(key, KeyModel { kind: Kind::Float, ..Default::default() });
+                    self.set(
+                        key,
+                        KeyModel {
+                            kind: Kind::Float,
+                            ..Default::default()
+                        },
+                    );
                 } else {
-                    out = vec![s("INCRBYFLOAT"), s(key), format!("{}.5", seed as i64 % 7 - 3)];
+                    out = vec![
+                        s("INCRBYFLOAT"),
+                        s(key),
+                        format!("{}.5", seed as i64 % 7 - 3),
+                    ];
                     let mut next = m.clone();
                     next.kind = Kind::Float;
                     self.set(key, next);
@@ -172,13 +212,26 @@ impl Generator {
             // A collection key that currently holds a string: only SET or DEL change it.
             (_, Kind::Str) => {
                 out = vec![s("SET"), s(key), format!("str{seed}")];
-                self.set(key, KeyModel { kind: Kind::Str, ..Default::default() });
+                self.set(
+                    key,
+                    KeyModel {
+                        kind: Kind::Str,
+                        ..Default::default()
+                    },
+                );
             }
             ("h", _) => {
                 let field = format!("f{}", seed % 3);
                 match op % 7 {
                     0 | 1 => {
-                        out = vec![s("HSET"), s(key), field.clone(), format!("hv{seed}"), s("f2"), format!("w{seed}")];
+                        out = vec![
+                            s("HSET"),
+                            s(key),
+                            field.clone(),
+                            format!("hv{seed}"),
+                            s("f2"),
+                            format!("w{seed}"),
+                        ];
                         self.add(key, Kind::Hash, &[&field, "f2"]);
                     }
                     2 => {
@@ -190,11 +243,21 @@ impl Generator {
                         self.add(key, Kind::Hash, &["n0"]);
                     }
                     4 => {
-                        out = vec![s("HINCRBYFLOAT"), s(key), s("n1"), format!("{}.25", seed % 5)];
+                        out = vec![
+                            s("HINCRBYFLOAT"),
+                            s(key),
+                            s("n1"),
+                            format!("{}.25", seed % 5),
+                        ];
                         self.add(key, Kind::Hash, &["n1"]);
                     }
                     5 if m.kind == Kind::Hash => {
-                        let victim = m.members.iter().nth(seed as usize % m.members.len()).cloned().unwrap_or(field);
+                        let victim = m
+                            .members
+                            .iter()
+                            .nth(seed as usize % m.members.len())
+                            .cloned()
+                            .unwrap_or(field);
                         if !self.remove(key, &victim) {
                             return self.command(key, 0, seed);
                         }
@@ -202,7 +265,13 @@ impl Generator {
                     }
                     _ => {
                         out = vec![s("SET"), s(key), format!("hs{seed}")];
-                        self.set(key, KeyModel { kind: Kind::Str, ..Default::default() });
+                        self.set(
+                            key,
+                            KeyModel {
+                                kind: Kind::Str,
+                                ..Default::default()
+                            },
+                        );
                     }
                 }
             }
@@ -233,7 +302,12 @@ impl Generator {
                 }
                 2 => {
                     let a = member(seed / 3);
-                    out = vec![s("ZINCRBY"), s(key), format!("{}.5", seed as i64 % 5 - 2), a.clone()];
+                    out = vec![
+                        s("ZINCRBY"),
+                        s(key),
+                        format!("{}.5", seed as i64 % 5 - 2),
+                        a.clone(),
+                    ];
                     self.add(key, Kind::ZSet, &[&a]);
                 }
                 3 if m.kind == Kind::ZSet => {
@@ -293,8 +367,13 @@ fn history(steps: &[Step]) -> Vec<Envelope> {
                 .iter()
                 .map(|&(k, op, seed)| {
                     let key = KEYS[k as usize % KEYS.len()];
-                    let args: Vec<Bytes> = generator.command(key, op, seed).into_iter().map(Bytes::from).collect();
-                    prepare(&args, Convergence::Lww, generator.now_ms).expect("the generator only makes accepted commands")
+                    let args: Vec<Bytes> = generator
+                        .command(key, op, seed)
+                        .into_iter()
+                        .map(Bytes::from)
+                        .collect();
+                    prepare(&args, Convergence::Lww, generator.now_ms)
+                        .expect("the generator only makes accepted commands")
                 })
                 .collect();
             Envelope {
@@ -319,17 +398,33 @@ fn servers() -> &'static Servers {
     SERVERS.get_or_init(|| Servers {
         region: RedisProcess::start().expect("the convergence tests need redis-server"),
         reference: RedisProcess::start().expect("the convergence tests need redis-server"),
-        runtime: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
     })
 }
 
 async fn flush(url: &str) {
-    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// Delivers `messages` to the region in a scrambled order with duplicates, retrying failures.
-async fn deliver_scrambled(region: &mut RegionRedis, applier: &Applier, messages: &[Envelope], seed: u64) -> Result<(), String> {
+async fn deliver_scrambled(
+    region: &mut RegionRedis,
+    applier: &Applier,
+    messages: &[Envelope],
+    seed: u64,
+) -> Result<(), String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut queue: Vec<usize> = (0..messages.len()).collect();
     // Duplicates: redeliveries of messages that were applied but not acknowledged.
@@ -342,7 +437,10 @@ async fn deliver_scrambled(region: &mut RegionRedis, applier: &Applier, messages
         let take = rng.random_range(1..=8).min(queue.len());
         let batch_idx: Vec<usize> = queue.drain(..take).collect();
         let batch: Vec<Envelope> = batch_idx.iter().map(|&i| messages[i].clone()).collect();
-        let outcomes = applier.apply(region, &batch).await.map_err(|f| format!("batch failed: {f:?}"))?;
+        let outcomes = applier
+            .apply(region, &batch)
+            .await
+            .map_err(|f| format!("batch failed: {f:?}"))?;
         for (i, outcome) in batch_idx.into_iter().zip(outcomes) {
             if let Err(failure) = outcome {
                 // The bus would deliver it again later, as it does after a Retry.
@@ -368,15 +466,28 @@ async fn check(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     let plain = Applier::new(Convergence::None, Duration::from_secs(3600));
     let mut reference = RegionRedis::new(&servers.reference.url(), Duration::from_secs(5)).unwrap();
     for message in &messages {
-        let outcome = plain.apply(&mut reference, std::slice::from_ref(message)).await.unwrap();
-        prop_assert!(outcome[0].is_ok(), "the generated history is ill-typed: {:?} {:?}", message.commands, outcome);
+        let outcome = plain
+            .apply(&mut reference, std::slice::from_ref(message))
+            .await
+            .unwrap();
+        prop_assert!(
+            outcome[0].is_ok(),
+            "the generated history is ill-typed: {:?} {:?}",
+            message.commands,
+            outcome
+        );
     }
 
     let history = || {
         messages
             .iter()
             .enumerate()
-            .map(|(i, m)| format!("{i}: {:?}", m.commands.iter().map(|c| c.preview(80)).collect::<Vec<_>>()))
+            .map(|(i, m)| {
+                format!(
+                    "{i}: {:?}",
+                    m.commands.iter().map(|c| c.preview(80)).collect::<Vec<_>>()
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n  ")
     };
@@ -407,7 +518,10 @@ fn step() -> impl Strategy<Value = Step> {
 fn lww_converges_to_the_in_order_state_under_any_delivery() {
     let config = ProptestConfig {
         // REGIS_CONVERGENCE_CASES=5000 for a longer soak.
-        cases: std::env::var("REGIS_CONVERGENCE_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300),
+        cases: std::env::var("REGIS_CONVERGENCE_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(300),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         source_file: Some(file!()),
         ..ProptestConfig::default()

@@ -1,19 +1,22 @@
 -- Regis last-writer-wins applier. One call applies a batch of messages to one database.
 --
--- KEYS: three per data key, in the order the batch first names them:
---   KEYS[3i-2] the data key K
---   KEYS[3i-1] its metadata hash M   (__regis:m:{...})
---   KEYS[3i]   its counter records R (__regis:c:{...})
+-- KEYS: two per data key, in the order the batch first names them:
+--   KEYS[2i-1] the data key K
+--   KEYS[2i]   its state string M   (__regis:m:{...})
+-- In the same cluster slot, derived from M's name:
+--   H = __regis:h:{...}  hash: member -> version of its last write or removal
+--   R = __regis:c:{...}  sorted set of counter records "<version>|<kind><delta>|<field>"
+--                        (all scores 0; kind i=INCRBY f=INCRBYFLOAT h=HINCRBY g=HINCRBYFLOAT
+--                        z=ZINCRBY)
 -- ARGV: tombstone ttl (ms), counter cutoff version, message count, then per message its op
--- count and ops. An op is: code, key index i, version, operands (see lww.rs).
+-- count and ops; an op is: code, key index i, version, operand count, operands (lww.rs).
 --
 -- Versions are 19-digit zero-padded strings: string order is version order.
--- M holds: f floor (last whole-key write or delete), t TTL register version, d deadline ms
--- (0 = none), e the version just after d's millisecond, x M's own expiry ms (0 = none),
--- c '1' when R exists, g the newest member register, and '.'..member -> version for every
--- hash field / set member / sorted-set member written or removed.
--- R is a sorted set (all scores 0) of counter records "<version>|<kind><delta>|<field>";
--- kind i=INCRBY f=INCRBYFLOAT h=HINCRBY g=HINCRBYFLOAT z=ZINCRBY.
+-- M holds the key's state: just f when nothing else is set, else "f,t,d,e,x,c,g":
+--   f floor: last whole-key write or delete      t TTL register version
+--   d deadline ms (0 = none)                     e the version just after d's millisecond
+--   x M's own expiry ms (0 = none)               c '1' when R exists
+--   g the newest member register (ZERO = no H)
 --
 -- Returns one entry per message: 0 when applied (or superseded), else the error text.
 
@@ -27,6 +30,8 @@ local function vmax(a, b)
   if a > b then return a end
   return b
 end
+
+local function num(n) return string.format('%.0f', n) end
 
 -- redis.call that raises a catchable error instead of aborting the script.
 local function call(...)
@@ -49,24 +54,77 @@ local function chunked(cmd, head, items)
   end
 end
 
-local function K(i) return KEYS[3 * i - 2] end
-local function M(i) return KEYS[3 * i - 1] end
-local function R(i) return KEYS[3 * i] end
+local function K(i) return KEYS[2 * i - 1] end
+local function M(i) return KEYS[2 * i] end
+local function H(i) return '__regis:h:' .. string.sub(KEYS[2 * i], 11) end
+local function R(i) return '__regis:c:' .. string.sub(KEYS[2 * i], 11) end
 
+-- State of every key, read with one MGET; authoritative for the rest of the call.
 local states = {}
-
-local function save(i, s, ...)
-  local args = {}
-  for _, field in ipairs({...}) do
-    args[#args + 1] = field
-    local v = s[field]
-    if type(v) == 'boolean' then v = v and '1' or '0' end
-    args[#args + 1] = v
+do
+  local names = {}
+  for i = 1, #KEYS / 2 do names[i] = M(i) end
+  local j = 1
+  while j <= #names do
+    local last = math.min(#names, j + 999)
+    local raw = redis.call('MGET', unpack(names, j, last))
+    for k = 1, #raw do
+      local s = { f = ZERO, t = ZERO, d = 0, e = ZERO, x = 0, c = false, g = ZERO }
+      local v = raw[k]
+      if v then
+        if #v == 19 then
+          s.f = v
+          s.t = v
+        else
+          local p = {}
+          for part in string.gmatch(v, '[^,]+') do p[#p + 1] = part end
+          s.f, s.t, s.d, s.e, s.x, s.c, s.g = p[1], p[2], tonumber(p[3]), p[4], tonumber(p[5]), p[6] == '1', p[7]
+        end
+      end
+      states[j + k - 1] = s
+    end
+    j = last + 1
   end
-  call('HSET', M(i), unpack(args))
 end
 
--- Keeps M (and R) alive exactly as long as needed: forever while the key lives without a
+local function pack(s)
+  if s.t == s.f and s.d == 0 and s.x == 0 and not s.c and s.g == ZERO then return s.f end
+  return table.concat({ s.f, s.t, num(s.d), s.e, num(s.x), s.c and '1' or '0', s.g }, ',')
+end
+
+-- Writes wait here and go out together: plain SETs and state updates in one MSET.
+local pending_data = {}   -- K index -> value, for SETs that need nothing but the value
+local dirty = {}          -- K index -> true when its state changed
+local any_pending = false
+
+local function flush()
+  if not any_pending then return end
+  local pairs_ = {}
+  for i, value in pairs(pending_data) do
+    pairs_[#pairs_ + 1] = K(i)
+    pairs_[#pairs_ + 1] = value
+  end
+  for i in pairs(dirty) do
+    local s = states[i]
+    if s.x == 0 then
+      pairs_[#pairs_ + 1] = M(i)
+      pairs_[#pairs_ + 1] = pack(s)
+    else
+      call('SET', M(i), pack(s), 'PXAT', num(s.x))
+    end
+  end
+  chunked('MSET', {}, pairs_)
+  pending_data = {}
+  dirty = {}
+  any_pending = false
+end
+
+local function save(i)
+  dirty[i] = true
+  any_pending = true
+end
+
+-- Keeps M (and H, R) alive exactly as long as needed: forever while the key lives without a
 -- TTL, until deadline + tombstone ttl with one, tombstone ttl after it is gone.
 local function meta_expiry(i, s, exists)
   local want
@@ -79,22 +137,25 @@ local function meta_expiry(i, s, exists)
   end
   if want == s.x then return end
   s.x = want
-  save(i, s, 'x')
-  if want == 0 then
-    call('PERSIST', M(i))
-    if s.c then call('PERSIST', R(i)) end
-  else
-    call('PEXPIREAT', M(i), want)
-    if s.c then call('PEXPIREAT', R(i), want) end
+  save(i)
+  for _, present in ipairs({ { s.g ~= ZERO, H(i) }, { s.c, R(i) } }) do
+    if present[1] then
+      if want == 0 then call('PERSIST', present[2]) else call('PEXPIREAT', present[2], num(want)) end
+    end
   end
 end
 
 local function exists(i)
+  flush()
   return redis.call('EXISTS', K(i)) == 1
 end
 
--- Counter records newer than `from`, in version order, that `wanted(kind, field)` selects,
--- re-applied on top of the current value.
+local function register_of(i, member)
+  return redis.call('HGET', H(i), member) or ZERO
+end
+
+-- Counter records newer than `from`, in version order, that `wanted(kind, field, version)`
+-- selects, re-applied on top of the current value.
 local function replay(i, s, from, wanted)
   if not s.c then return end
   local records = call('ZRANGEBYLEX', R(i), '(' .. from .. '}', '+')
@@ -118,25 +179,10 @@ end
 
 local function is_string_kind(kind) return kind == 'i' or kind == 'f' end
 
--- Removes every '.' register (all are older than the new floor).
-local function drop_registers(i, s)
-  if s.g == ZERO then return end
-  local fields = call('HKEYS', M(i))
-  local dead = {}
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, 1) == '.' then dead[#dead + 1] = f end
-  end
-  chunked('HDEL', {M(i)}, dead)
-  s.g = ZERO
-end
-
-local function register_of(i, member)
-  return redis.call('HGET', M(i), '.' .. member) or ZERO
-end
-
 -- Everything of the key older than `vd` is gone — its data and its TTL; newer member and
 -- counter writes stay. Returns whether anything changed.
 local function destroy(i, s, vd)
+  flush()
   local changed = false
   if vd > s.t then
     -- A delete is also a TTL write: "no TTL" at vd.
@@ -148,11 +194,21 @@ local function destroy(i, s, vd)
       if vd <= s.f then call('PERSIST', K(i)) end
     end
   end
-  if vd <= s.f then return changed end
+  if vd <= s.f then
+    if changed then save(i) end
+    return changed
+  end
   s.f = vd
+  save(i)
   local kept_registers = {}
   if s.g > vd then
     -- Some members were written after vd: keep exactly those.
+    local registers = call('HGETALL', H(i))
+    local dead = {}
+    for j = 1, #registers, 2 do
+      if registers[j + 1] <= vd then dead[#dead + 1] = registers[j] else kept_registers[registers[j]] = registers[j + 1] end
+    end
+    chunked('HDEL', { H(i) }, dead)
     local kind = redis.call('TYPE', K(i))['ok']
     local members
     if kind == 'hash' then members = call('HKEYS', K(i))
@@ -161,28 +217,22 @@ local function destroy(i, s, vd)
     else members = {} end
     local gone = {}
     for _, m in ipairs(members) do
-      local r = register_of(i, m)
-      if r <= vd then gone[#gone + 1] = m else kept_registers[m] = r end
+      if not kept_registers[m] then gone[#gone + 1] = m end
     end
-    if kind == 'hash' then chunked('HDEL', {K(i)}, gone)
-    elseif kind == 'set' then chunked('SREM', {K(i)}, gone)
-    elseif kind == 'zset' then chunked('ZREM', {K(i)}, gone)
+    if kind == 'hash' then chunked('HDEL', { K(i) }, gone)
+    elseif kind == 'set' then chunked('SREM', { K(i) }, gone)
+    elseif kind == 'zset' then chunked('ZREM', { K(i) }, gone)
     elseif kind ~= 'none' then call('DEL', K(i)) end
-    -- Registers older than vd are dead; drop them, keep the newer ones.
-    local fields = call('HKEYS', M(i))
-    local dead = {}
-    for _, f in ipairs(fields) do
-      if string.sub(f, 1, 1) == '.' and register_of(i, string.sub(f, 2)) <= vd then dead[#dead + 1] = f end
-    end
-    chunked('HDEL', {M(i)}, dead)
     -- The survivors were written after vd; a TTL the delete superseded no longer applies.
     if s.d == 0 then call('PERSIST', K(i)) end
   else
     call('DEL', K(i))
-    drop_registers(i, s)
+    if s.g ~= ZERO then
+      call('DEL', H(i))
+      s.g = ZERO
+    end
   end
   if s.c then
-    -- Increments after vd start again from nothing, except on members assigned after vd.
     -- A surviving member already holds its increments; a removed or pruned one gets back
     -- those newer than its last assignment or removal.
     replay(i, s, vd, function(kind, field, version)
@@ -206,37 +256,34 @@ local function fires(s, v, d, e)
 end
 
 local function apply_deadline(i, s)
-  if s.d > 0 then call('PEXPIREAT', K(i), s.d) end
+  if s.d > 0 then call('PEXPIREAT', K(i), num(s.d)) end
 end
 
--- Loads (and caches) the key's metadata; a deadline that has passed becomes a delete.
+-- The key's state; a deadline that has passed becomes a delete (once per call).
+local fired = {}
 local function load(i)
   local s = states[i]
-  if s then return s end
-  local r = redis.call('HMGET', M(i), 'f', 't', 'd', 'e', 'x', 'c', 'g')
-  s = {
-    f = r[1] or ZERO, t = r[2] or ZERO, d = tonumber(r[3] or '0'), e = r[4] or ZERO,
-    x = tonumber(r[5] or '0'), c = r[6] == '1', g = r[7] or ZERO,
-  }
-  states[i] = s
-  if s.d > 0 and s.d < NOW then
-    -- Redis expired the key at d: everything written before then is gone for good.
-    destroy(i, s, vmax(s.t, s.e))
-    s.d = 0
-    s.e = ZERO
-    save(i, s, 'f', 't', 'd', 'e', 'g')
+  if not fired[i] then
+    fired[i] = true
+    if s.d > 0 and s.d < NOW then
+      -- Redis expired the key at d: everything written before then is gone for good.
+      destroy(i, s, vmax(s.t, s.e))
+      s.d = 0
+      s.e = ZERO
+      save(i)
+    end
   end
   return s
 end
 
--- Records a counter increment once; false when it was applied before.
+-- Records a counter increment once; nil when it was applied before.
 local function record(i, s, version, kind, delta, field)
   local rec = version .. '|' .. kind .. delta .. '|' .. field
   if call('ZADD', R(i), 'NX', 0, rec) == 0 then return nil end
   if not s.c then
     s.c = true
-    save(i, s, 'c')
-    if s.x > 0 then call('PEXPIREAT', R(i), s.x) end
+    save(i)
+    if s.x > 0 then call('PEXPIREAT', R(i), num(s.x)) end
   end
   return rec
 end
@@ -251,22 +298,18 @@ local function increment(i, rec, ...)
   redis.call('ZREMRANGEBYLEX', R(i), '-', '(' .. CUTOFF)
 end
 
--- Applies `pairs` ({member, value} or {member}) whose registers are older than v; returns
--- the members written.
-local function newer_members(i, s, v, members)
-  local regs = {}
-  local names = {}
-  for j, m in ipairs(members) do names[j] = '.' .. m end
+-- Indexes of `members` whose registers are older than v.
+local function newer_members(i, v, members)
   local got = {}
   local j = 1
-  while j <= #names do
-    local last = math.min(#names, j + 999)
-    local part = redis.call('HMGET', M(i), unpack(names, j, last))
+  while j <= #members do
+    local last = math.min(#members, j + 999)
+    local part = redis.call('HMGET', H(i), unpack(members, j, last))
     for k = 1, #part do got[j + k - 1] = part[k] end
     j = last + 1
   end
   local fresh = {}
-  for k, m in ipairs(members) do
+  for k = 1, #members do
     if v > (got[k] or ZERO) then fresh[#fresh + 1] = k end
   end
   return fresh
@@ -275,15 +318,15 @@ end
 local function set_registers(i, s, v, members, fresh)
   local args = {}
   for _, k in ipairs(fresh) do
-    args[#args + 1] = '.' .. members[k]
+    args[#args + 1] = members[k]
     args[#args + 1] = v
   end
+  chunked('HSET', { H(i) }, args)
+  if s.g == ZERO and s.x > 0 then call('PEXPIREAT', H(i), num(s.x)) end
   if v > s.g then
     s.g = v
-    args[#args + 1] = 'g'
-    args[#args + 1] = v
+    save(i)
   end
-  chunked('HSET', {M(i)}, args)
 end
 
 local ops = {}
@@ -305,11 +348,14 @@ ops.S = function(i, v, a)
     elseif v > s.f then
       destroy(i, s, v)
     elseif mode ~= 'K' and v > s.t then
+      flush()
       s.t = v
       if mode == 'A' then s.d = d; s.e = e else s.d = 0; s.e = ZERO end
-      if s.d > 0 then call('PEXPIREAT', K(i), s.d) else call('PERSIST', K(i)) end
+      if s.d > 0 then call('PEXPIREAT', K(i), num(s.d)) else call('PERSIST', K(i)) end
+      save(i)
+    else
+      return
     end
-    save(i, s, 'f', 't', 'd', 'e', 'g')
     meta_expiry(i, s, exists(i))
     return
   end
@@ -318,13 +364,26 @@ ops.S = function(i, v, a)
     if mode == 'A' then s.d = d; s.e = e else s.d = 0; s.e = ZERO end
   end
   s.f = v
-  if s.g ~= ZERO then drop_registers(i, s) end
-  if s.d > 0 then call('SET', K(i), value, 'PXAT', s.d) else call('SET', K(i), value) end
+  save(i)
+  if s.g ~= ZERO then
+    -- Registers of an older incarnation's members are all older than this write.
+    call('DEL', H(i))
+    s.g = ZERO
+  end
+  if s.d == 0 and not s.c then
+    -- The common case: the value and the state go out with the batch's single MSET, which
+    -- also clears the key's TTL and, with x = 0, the state's own.
+    pending_data[i] = value
+    any_pending = true
+    s.x = 0
+    return
+  end
+  flush()
+  if s.d > 0 then call('SET', K(i), value, 'PXAT', num(s.d)) else call('SET', K(i), value) end
   if s.c then
     replay(i, s, v, is_string_kind)
     call('ZREMRANGEBYLEX', R(i), '-', '(' .. v)
   end
-  save(i, s, 'f', 't', 'd', 'e', 'g')
   meta_expiry(i, s, true)
 end
 
@@ -332,7 +391,6 @@ end
 ops.D = function(i, v, a)
   local s = load(i)
   if destroy(i, s, v) then
-    save(i, s, 'f', 't', 'd', 'e', 'g')
     local live = exists(i)
     if live then apply_deadline(i, s) end
     meta_expiry(i, s, live)
@@ -344,6 +402,7 @@ local function counter(kind, command)
     local delta = a[1]
     local s = load(i)
     if v <= s.f then return end
+    flush()
     local rec = record(i, s, v, kind, delta, '')
     if not rec then return end
     increment(i, rec, command, K(i), delta)
@@ -358,7 +417,9 @@ local function field_counter(kind, command)
   return function(i, v, a)
     local member, delta = a[1], a[2]
     local s = load(i)
-    if v <= s.f or v <= register_of(i, member) then return end
+    if v <= s.f then return end
+    flush()
+    if v <= register_of(i, member) then return end
     local rec = record(i, s, v, kind, delta, member)
     if not rec then return end
     if command == 'ZINCRBY' then
@@ -374,12 +435,13 @@ ops.HI = field_counter('h', 'HINCRBY')
 ops.HF = field_counter('g', 'HINCRBYFLOAT')
 ops.ZI = field_counter('z', 'ZINCRBY')
 
--- Member assignments and removals: operands n, then n members (or n pairs).
--- `pairs_first_value` is true for HSET (field value) and false for ZADD (score member).
+-- Member assignments and removals: operands n, then n members (or n pairs: field value for
+-- HSET, score member for ZADD).
 local function members_op(command, paired, value_first, removes, kinds)
   return function(i, v, a)
     local s = load(i)
     if v <= s.f then return end
+    flush()
     local n = tonumber(a[1])
     local members, values = {}, {}
     for j = 1, n do
@@ -395,7 +457,7 @@ local function members_op(command, paired, value_first, removes, kinds)
         members[j] = a[1 + j]
       end
     end
-    local fresh = newer_members(i, s, v, members)
+    local fresh = newer_members(i, v, members)
     if #fresh == 0 then return end
     local items = {}
     for _, k in ipairs(fresh) do
@@ -411,7 +473,7 @@ local function members_op(command, paired, value_first, removes, kinds)
         items[#items + 1] = members[k]
       end
     end
-    chunked(command, {K(i)}, items)
+    chunked(command, { K(i) }, items)
     set_registers(i, s, v, members, fresh)
     if s.c and kinds then
       local touched = {}
@@ -441,18 +503,18 @@ ops.X = function(i, v, a)
   if fires(s, v, d, e) then
     -- Already due: a delete at the later of this write and the deadline.
     destroy(i, s, vmax(v, e))
-    save(i, s, 'f', 't', 'd', 'e', 'g')
     local live = exists(i)
     if live then apply_deadline(i, s) end
     meta_expiry(i, s, live)
     return
   end
   if v <= s.t or d < NOW then return end
+  flush()
   s.t = v
   s.d = d
   s.e = e
-  call('PEXPIREAT', K(i), d)
-  save(i, s, 't', 'd', 'e')
+  call('PEXPIREAT', K(i), num(d))
+  save(i)
   meta_expiry(i, s, exists(i))
 end
 
@@ -460,11 +522,12 @@ end
 ops.P = function(i, v, a)
   local s = load(i)
   if v <= s.t then return end
+  flush()
   s.t = v
   s.d = 0
   s.e = ZERO
   call('PERSIST', K(i))
-  save(i, s, 't', 'd', 'e')
+  save(i)
   meta_expiry(i, s, exists(i))
 end
 
@@ -504,7 +567,10 @@ local function check_types(list)
     local want = needs[op.code]
     op.skip = false
     if want and op.v > s.f then
-      if planned[op.i] == nil then planned[op.i] = redis.call('TYPE', K(op.i))['ok'] end
+      if planned[op.i] == nil then
+        flush()
+        planned[op.i] = redis.call('TYPE', K(op.i))['ok']
+      end
       local have = planned[op.i]
       if have ~= 'none' and have ~= want then
         if s.g > op.v then
@@ -542,9 +608,8 @@ for m, list in ipairs(messages) do
   if ok then
     results[m] = 0
   else
-    -- The cache may describe writes that failed half-way; reload from Redis next time.
-    states = {}
     results[m] = tostring(err)
   end
 end
+flush()
 return results

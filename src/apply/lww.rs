@@ -1,18 +1,22 @@
 //! `convergence = "lww"`: every write is a versioned register, applied by one Lua script.
 //!
 //! The script (`lww.lua`, loaded once per Redis and called by SHA) applies a whole batch in
-//! one round trip. For every data key it keeps a metadata hash beside it in the same cluster
-//! slot — the key's floor version (last whole-key write or delete), its TTL register and one
-//! version per hash field, set member and sorted-set member — and, for counters, a sorted set
-//! of increment records that makes each increment apply once and lets a late `SET` or `DEL`
-//! reset a counter correctly. An operation at version V writes only where V is newer than
-//! the register it writes and the key's floor, so any delivery order, with any duplicates,
-//! ends in the state of applying every message once in version order.
+//! one round trip. For every data key it keeps, in the same cluster slot, a small state string
+//! — the key's floor version (last whole-key write or delete) and its TTL register — and, for
+//! collections, a hash of one version per hash field, set member and sorted-set member, and,
+//! for counters, a sorted set of increment records that makes each increment apply once and
+//! lets a late `SET` or `DEL` reset a counter correctly. An operation at version V writes only
+//! where V is newer than the register it writes and the key's floor, so any delivery order,
+//! with any duplicates, ends in the state of applying every message once in version order.
+//! The script reads every state of a batch with one `MGET` and writes plain SETs and states
+//! back with one `MSET`, because inside Redis each `redis.call` costs more than the write it
+//! makes.
 //! `docs/convergence.md` describes the metadata and its cost.
 //!
-//! Metadata key names: for a data key `K`, `__regis:m:{K}` (metadata) and `__regis:c:{K}`
-//! (counter records) when `K` contains no `}`; `__regis:m:{tag}K` when `K` has a hashtag
-//! `{tag}`; otherwise `__regis:m:{T}K` with a tag `T` chosen to hash to `K`'s slot.
+//! Metadata key names: for a data key `K`, `__regis:m:{K}` (state), `__regis:h:{K}` (member
+//! registers) and `__regis:c:{K}` (counter records) when `K` contains no `}`;
+//! `__regis:m:{tag}K` when `K` has a hashtag `{tag}`; otherwise `__regis:m:{T}K` with a tag
+//! `T` chosen to hash to `K`'s slot.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -34,6 +38,24 @@ pub const META_PREFIX: &[u8] = b"__regis:";
 fn script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(include_str!("lww.lua")))
+}
+
+/// The fast path for plain SETs (`lww_fast.lua`).
+fn fast_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("lww_fast.lua")))
+}
+
+/// The key and value of a message that is one plain `SET key value` (no TTL option), the
+/// case the fast script handles.
+fn plain_set(envelope: &Envelope) -> Option<(Bytes, Bytes)> {
+    let [command] = envelope.commands.as_slice() else {
+        return None;
+    };
+    match command.0.as_slice() {
+        [name, key, value] if name.as_ref() == b"SET" => Some((key.clone(), value.clone())),
+        _ => None,
+    }
 }
 
 /// The cluster-slot tag `K`'s metadata keys share with it, with braces.
@@ -89,7 +111,12 @@ pub fn meta_key(key: &[u8]) -> Vec<u8> {
     [b"__regis:m:".as_slice(), &slot_suffix(key)].concat()
 }
 
-/// The counter-records sorted set of `key`.
+/// The member-registers hash of `key` (the script derives its name from the state key's).
+pub fn registers_key(key: &[u8]) -> Vec<u8> {
+    [b"__regis:h:".as_slice(), &slot_suffix(key)].concat()
+}
+
+/// The counter-records sorted set of `key` (the script derives its name from the state key's).
 pub fn counter_key(key: &[u8]) -> Vec<u8> {
     [b"__regis:c:".as_slice(), &slot_suffix(key)].concat()
 }
@@ -126,8 +153,7 @@ impl Call {
         }
         self.keys.push(key.clone());
         self.keys.push(Bytes::from(meta_key(key)));
-        self.keys.push(Bytes::from(counter_key(key)));
-        let i = self.keys.len() / 3;
+        let i = self.keys.len() / 2;
         self.key_index.insert(key.clone(), i);
         i
     }
@@ -299,8 +325,71 @@ impl LwwScript {
         LwwScript { tombstone_ttl }
     }
 
-    /// Applies `batch` in one script call; per-message outcomes.
+    /// Applies `batch`: plain SETs through the fast script, everything else (and plain SETs
+    /// on keys with more state than a floor) through the general one. Messages are
+    /// independent under `lww`, so splitting a batch changes nothing of the end state.
     pub async fn apply(
+        &self,
+        conn: &mut ConnectionManager,
+        batch: &[&Envelope],
+    ) -> Result<Vec<Result<(), Failure>>, Failure> {
+        let mut outcomes: Vec<Option<Result<(), Failure>>> = vec![None; batch.len()];
+        // The newest plain SET of each key; an older one in the same batch is superseded by it.
+        let mut newest: HashMap<Bytes, (usize, Bytes)> = HashMap::new();
+        for (i, envelope) in batch.iter().enumerate() {
+            if let Some((key, value)) = plain_set(envelope) {
+                match newest.get(&key) {
+                    Some(&(j, _)) if batch[j].version > envelope.version => {
+                        outcomes[i] = Some(Ok(()))
+                    }
+                    previous => {
+                        if let Some(&(j, _)) = previous {
+                            outcomes[j] = Some(Ok(()));
+                        }
+                        newest.insert(key, (i, value));
+                    }
+                }
+            }
+        }
+        if !newest.is_empty() {
+            let mut invocation = fast_script().prepare_invoke();
+            let entries: Vec<(Bytes, (usize, Bytes))> = newest.into_iter().collect();
+            for (key, (i, value)) in &entries {
+                invocation.key(key.as_ref()).key(meta_key(key));
+                invocation
+                    .arg(version_arg(batch[*i].version))
+                    .arg(value.as_ref());
+            }
+            let replies: Vec<i64> = invocation
+                .invoke_async(conn)
+                .await
+                .map_err(|err| classify(&err))?;
+            for ((_, (i, _)), reply) in entries.iter().zip(replies) {
+                // 1: the key holds more than a floor; the general script below takes it.
+                if reply == 0 {
+                    outcomes[*i] = Some(Ok(()));
+                }
+            }
+        }
+        let rest: Vec<usize> = (0..batch.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        if rest.is_empty() {
+            return Ok(outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect());
+        }
+        let subset: Vec<&Envelope> = rest.iter().map(|&i| batch[i]).collect();
+        let general = self.apply_general(conn, &subset).await?;
+        for (i, outcome) in rest.into_iter().zip(general) {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Failure::Transient("not applied".into()))))
+            .collect())
+    }
+
+    /// Applies `batch` in one call of the general script.
+    async fn apply_general(
         &self,
         conn: &mut ConnectionManager,
         batch: &[&Envelope],
@@ -396,6 +485,7 @@ mod tests {
             let meta = meta_key(key);
             assert_eq!(slot(&meta), slot(key), "{}", String::from_utf8_lossy(key));
             assert_eq!(slot(&counter_key(key)), slot(key));
+            assert_eq!(slot(&registers_key(key)), slot(key));
             assert!(meta.starts_with(META_PREFIX));
         }
     }

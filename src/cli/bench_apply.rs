@@ -23,7 +23,13 @@ use crate::redis_process::RedisProcess;
 
 const CONSUMERS: usize = 2;
 
-fn envelopes(clock: &HybridClock, from: usize, to: usize, keys: usize, value: &Bytes) -> Vec<Envelope> {
+fn envelopes(
+    clock: &HybridClock,
+    from: usize,
+    to: usize,
+    keys: usize,
+    value: &Bytes,
+) -> Vec<Envelope> {
     (from..to)
         .map(|n| Envelope {
             id: MessageId::new(),
@@ -40,20 +46,32 @@ fn envelopes(clock: &HybridClock, from: usize, to: usize, keys: usize, value: &B
 }
 
 async fn flush(url: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     Ok(())
 }
 
 async fn reset_stats(url: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut conn)
+        .await?;
     Ok(())
 }
 
 async fn used_memory(url: &str) -> anyhow::Result<u64> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -61,12 +79,20 @@ async fn used_memory(url: &str) -> anyhow::Result<u64> {
 }
 
 /// SETs/s of plain pipelined SETs from `CONSUMERS` connections.
-async fn raw_ceiling(url: &str, messages: usize, keys: usize, batch: usize, value: &Bytes) -> anyhow::Result<f64> {
+async fn raw_ceiling(
+    url: &str,
+    messages: usize,
+    keys: usize,
+    batch: usize,
+    value: &Bytes,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let per = messages.div_ceil(CONSUMERS);
     for c in 0..CONSUMERS {
-        let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+        let mut conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
         let value = value.clone();
         let (from, to) = (c * per, ((c + 1) * per).min(messages));
         tasks.spawn(async move {
@@ -74,7 +100,10 @@ async fn raw_ceiling(url: &str, messages: usize, keys: usize, batch: usize, valu
             while n < to {
                 let mut pipe = redis::pipe();
                 for i in n..(n + batch).min(to) {
-                    pipe.cmd("SET").arg(format!("bench:{}", i % keys)).arg(value.as_ref()).ignore();
+                    pipe.cmd("SET")
+                        .arg(format!("bench:{}", i % keys))
+                        .arg(value.as_ref())
+                        .ignore();
                 }
                 pipe.query_async::<()>(&mut conn).await?;
                 n += batch;
@@ -89,7 +118,14 @@ async fn raw_ceiling(url: &str, messages: usize, keys: usize, batch: usize, valu
 }
 
 /// Messages/s through an applier, `CONSUMERS` batches at a time.
-async fn through_applier(url: &str, mode: Convergence, messages: usize, keys: usize, batch: usize, value: &Bytes) -> anyhow::Result<f64> {
+async fn through_applier(
+    url: &str,
+    mode: Convergence,
+    messages: usize,
+    keys: usize,
+    batch: usize,
+    value: &Bytes,
+) -> anyhow::Result<f64> {
     let clock = Arc::new(HybridClock::new(0, None));
     let applier = Applier::new(mode, Duration::from_secs(4 * 24 * 3600));
     // Encode the workload first: the measurement is the Redis side, not envelope building.
@@ -112,7 +148,11 @@ async fn through_applier(url: &str, mode: Convergence, messages: usize, keys: us
         let mut redis = RegionRedis::new(url, Duration::from_secs(30))?;
         tasks.spawn(async move {
             for batch in batches {
-                for outcome in applier.apply(&mut redis, &batch).await.map_err(|f| anyhow::anyhow!("{f:?}"))? {
+                for outcome in applier
+                    .apply(&mut redis, &batch)
+                    .await
+                    .map_err(|f| anyhow::anyhow!("{f:?}"))?
+                {
                     outcome.map_err(|f| anyhow::anyhow!("{f:?}"))?;
                 }
             }
@@ -138,26 +178,58 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let raw = raw_ceiling(&url, args.messages, args.keys, args.batch, &value).await?;
     flush(&url).await?;
     eprintln!("[2/4] none applier ...");
-    let none = through_applier(&url, Convergence::None, args.messages, args.keys, args.batch, &value).await?;
+    let none = through_applier(
+        &url,
+        Convergence::None,
+        args.messages,
+        args.keys,
+        args.batch,
+        &value,
+    )
+    .await?;
     flush(&url).await?;
     eprintln!("[3/4] lww applier ...");
     reset_stats(&url).await?;
-    let lww = through_applier(&url, Convergence::Lww, args.messages, args.keys, args.batch, &value).await?;
+    let lww = through_applier(
+        &url,
+        Convergence::Lww,
+        args.messages,
+        args.keys,
+        args.batch,
+        &value,
+    )
+    .await?;
     if std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some() {
         // Where the time goes inside Redis: per-command call counts and µs per call.
-        let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
-        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
         eprintln!("{stats}");
     }
     flush(&url).await?;
 
-    eprintln!("[4/4] memory: {} distinct keys, plain and through lww ...", args.memory_keys);
+    eprintln!(
+        "[4/4] memory: {} distinct keys, plain and through lww ...",
+        args.memory_keys
+    );
     let empty = used_memory(&url).await?;
     raw_ceiling(&url, args.memory_keys, args.memory_keys, args.batch, &value).await?;
     let plain = used_memory(&url).await?.saturating_sub(empty);
     flush(&url).await?;
     let empty = used_memory(&url).await?;
-    through_applier(&url, Convergence::Lww, args.memory_keys, args.memory_keys, args.batch, &value).await?;
+    through_applier(
+        &url,
+        Convergence::Lww,
+        args.memory_keys,
+        args.memory_keys,
+        args.batch,
+        &value,
+    )
+    .await?;
     let with_meta = used_memory(&url).await?.saturating_sub(empty);
     let per_key = |bytes: u64| bytes as f64 / args.memory_keys.max(1) as f64;
 
@@ -168,10 +240,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("| regis `none` applier | {none:.0} | {:.2} |", none / raw);
     println!("| regis `lww` applier | {lww:.0} | {:.2} |", lww / raw);
     println!();
-    println!("| memory, {} keys of {} bytes | bytes per key |", args.memory_keys, args.value_size);
+    println!(
+        "| memory, {} keys of {} bytes | bytes per key |",
+        args.memory_keys, args.value_size
+    );
     println!("|---|---:|");
     println!("| plain SET | {:.0} |", per_key(plain));
-    println!("| through `lww` (data + metadata) | {:.0} |", per_key(with_meta));
-    println!("| `lww` metadata overhead | {:.0} |", per_key(with_meta.saturating_sub(plain)));
+    println!(
+        "| through `lww` (data + metadata) | {:.0} |",
+        per_key(with_meta)
+    );
+    println!(
+        "| `lww` metadata overhead | {:.0} |",
+        per_key(with_meta.saturating_sub(plain))
+    );
     Ok(())
 }
