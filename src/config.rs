@@ -132,6 +132,22 @@ pub struct RegionConfig {
     /// Overrides `worker.concurrency` for this region.
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Where this region's worker runs: `"local"` (default: inside `regis serve`) or
+    /// `"remote"` (no worker here; another process consumes the region's queue, e.g. a worker
+    /// running in the region itself).
+    #[serde(default)]
+    pub worker: WorkerPlacement,
+}
+
+/// Where a region's worker runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerPlacement {
+    /// Inside the hub process.
+    #[default]
+    Local,
+    /// Elsewhere: the hub only keeps the region's queue.
+    Remote,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -237,6 +253,7 @@ impl Config {
                     name: name.to_string(),
                     redis: redis.clone(),
                     concurrency: None,
+                    worker: WorkerPlacement::Local,
                 })
                 .collect(),
         }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Applier;
 use crate::bus::Bus;
 use crate::bus::embedded::{EmbeddedBus, StoreOptions};
-use crate::config::Config;
+use crate::config::{Config, WorkerPlacement};
 use crate::hub::Hub;
 use crate::ingress::http::{ApiState, RegionRuntime, router};
 use crate::latency::LatencyWindow;
@@ -85,6 +85,13 @@ impl<B: Bus> Server<B> {
         let mut runtimes = Vec::new();
         for region in &config.regions {
             let latency = Arc::new(LatencyWindow::default());
+            runtimes.push(RegionRuntime {
+                name: region.name.clone(),
+                latency: latency.clone(),
+            });
+            if region.worker == WorkerPlacement::Remote {
+                continue;
+            }
             worker::spawn(
                 WorkerSettings {
                     region: region.name.clone(),
@@ -102,10 +109,6 @@ impl<B: Bus> Server<B> {
                 stop_workers.clone(),
                 &mut workers,
             )?;
-            runtimes.push(RegionRuntime {
-                name: region.name.clone(),
-                latency,
-            });
         }
         let regions = Arc::new(runtimes);
         let listener = tokio::net::TcpListener::bind(config.http.listen)

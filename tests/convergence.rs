@@ -26,7 +26,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestRunner};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use regis::apply::{Applier, RegionRedis};
 use regis::clock::{HybridClock, now_ms, now_us};
 use regis::command::{Command, Convergence, prepare};
@@ -103,7 +103,7 @@ impl Generator {
             }
             1 if exists => {
                 // A future deadline, or one already past (which deletes the key).
-                if seed % 7 == 0 {
+                if seed.is_multiple_of(7) {
                     out = vec![s("EXPIRE"), s(key), s("-1")];
                     self.set(key, KeyModel::default());
                 } else if seed % 7 == 1 {
@@ -165,7 +165,7 @@ impl Generator {
             }
             // Integer counter.
             ("c", _) if key == "c0" => {
-                if op % 5 == 0 {
+                if op.is_multiple_of(5) {
                     out = vec![s("SET"), s(key), s(seed as i64 % 50 - 20)];
                     let ttl = self.ttl_suffix(seed / 7, &mut out);
                     self.set(
@@ -189,7 +189,7 @@ impl Generator {
             }
             // Float counter: exact halves.
             ("c", _) => {
-                if op % 5 == 0 {
+                if op.is_multiple_of(5) {
                     out = vec![s("SET"), s(key), format!("{}.5", seed % 40)];
                     self.set(
                         key,
