@@ -43,7 +43,7 @@ use super::{
 use crate::clock::{Version, now_ms};
 use crate::envelope::MessageId;
 
-pub use store::StoreOptions;
+pub use store::{Footprint, StoreOptions};
 use store::{Received, Request, Store};
 
 /// Handle to the embedded bus; cheap to clone.
@@ -130,6 +130,11 @@ impl EmbeddedBus {
         let (tx, rx) = oneshot::channel();
         self.inner.requests.send(make(tx)).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// What the bus holds on disk.
+    pub async fn footprint(&self) -> Result<Footprint, BusError> {
+        self.call(|reply| Request::Footprint { reply }).await
     }
 
     /// Stops the writer after it has persisted every region's progress.

@@ -69,12 +69,26 @@ pub(super) enum Request {
     Stats {
         reply: Reply<Vec<QueueStats>>,
     },
+    Footprint {
+        reply: Reply<Footprint>,
+    },
     /// Persist progress, answer, stop.
     Close {
         reply: oneshot::Sender<()>,
     },
     /// Persist progress and stop (the last handle was dropped).
     Shutdown,
+}
+
+/// What the bus holds on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Topic rows not yet collected (messages some region has not settled).
+    pub topic_messages: u64,
+    /// Size of the database file in use, in bytes (pages × page size, free pages excluded).
+    pub bytes_in_use: u64,
+    /// Size of the database file, in bytes (free pages included: they are reused first).
+    pub file_bytes: u64,
 }
 
 pub(super) struct Received {
@@ -570,6 +584,24 @@ impl Store {
             Request::Stats { reply } => {
                 let stats = self.stats()?;
                 deferred.push(defer(reply, Ok(stats)));
+            }
+            Request::Footprint { reply } => {
+                let topic_messages: i64 =
+                    self.conn
+                        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
+                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                let free: i64 = self
+                    .conn
+                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                deferred.push(defer(
+                    reply,
+                    Ok(Footprint {
+                        topic_messages: topic_messages as u64,
+                        bytes_in_use: ((pages - free).max(0) * page_size) as u64,
+                        file_bytes: (pages.max(0) * page_size) as u64,
+                    }),
+                ));
             }
             Request::Close { .. } | Request::Shutdown => {}
         }
