@@ -238,6 +238,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 const LEASE_CHECK_EVERY: Duration = Duration::from_millis(200);
 const GC_EVERY: Duration = Duration::from_secs(1);
+const FLOOR_EVERY: Duration = Duration::from_millis(200);
 const DEAD_LETTER_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// Most requests folded into one transaction.
 const MAX_GROUP: usize = 8192;
@@ -254,6 +255,7 @@ pub(super) struct Store {
     available: watch::Sender<u64>,
     last_lease_check: Instant,
     last_gc: Instant,
+    last_floor_write: Instant,
     last_dead_letter_expiry: Instant,
     gc_floor: u64,
 }
@@ -308,6 +310,7 @@ impl Store {
             available,
             last_lease_check: Instant::now(),
             last_gc: Instant::now(),
+            last_floor_write: Instant::now(),
             last_dead_letter_expiry: Instant::now() - DEAD_LETTER_EXPIRY_EVERY,
             gc_floor: 0,
         };
@@ -464,7 +467,7 @@ impl Store {
                 self.handle(request, &mut deferred, &mut wake)?;
             }
             wake |= self.housekeeping()?;
-            self.persist_progress()?;
+            self.persist_progress(durable)?;
             self.conn.execute_batch("COMMIT")
         })();
         match outcome {
@@ -1037,8 +1040,14 @@ impl Store {
     }
 
     /// Writes floors, the last seq and the clock's high water when they moved.
-    fn persist_progress(&mut self) -> rusqlite::Result<()> {
-        for region in &mut self.regions {
+    fn persist_progress(&mut self, durable: bool) -> rusqlite::Result<()> {
+        // A floor written late only means a few more redeliveries after a crash, so floors are
+        // written at most every FLOOR_EVERY (each write costs a WAL page), and when stopping.
+        let floors_due = durable || self.last_floor_write.elapsed() >= FLOOR_EVERY;
+        if floors_due {
+            self.last_floor_write = Instant::now();
+        }
+        for region in self.regions.iter_mut().filter(|_| floors_due) {
             let floor = region.floor();
             if floor != region.persisted_floor {
                 self.conn
