@@ -72,6 +72,9 @@ pub struct Config {
     /// The regions; each gets its own queue and worker. At least one.
     #[serde(default)]
     pub regions: Vec<RegionConfig>,
+    /// The Redis-protocol listener; off unless the section is present.
+    #[serde(default)]
+    pub resp: Option<RespConfig>,
 }
 
 /// `[http]`
@@ -81,6 +84,79 @@ pub struct HttpConfig {
     /// Address to listen on. Default `"127.0.0.1:7700"`.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+}
+
+/// `[resp]`: any Redis client publishes by sending its ordinary write commands here.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespConfig {
+    /// Address to listen on. Default `"127.0.0.1:6380"`.
+    #[serde(default = "default_resp_listen")]
+    pub listen: SocketAddr,
+    /// When set, clients must `AUTH <password>` (or `AUTH default <password>`, or
+    /// `HELLO 3 AUTH default <password>`) before publishing. Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Most connections at once; one more is answered
+    /// `-ERR max number of clients reached` and closed. Default 10000.
+    #[serde(default = "default_resp_max_connections")]
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long; `"0s"` never does (as Redis's
+    /// `timeout 0`). Default `"0s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest single argument (bulk string), in bytes. Default: `max_message_bytes`.
+    #[serde(default)]
+    pub max_bulk_bytes: Option<usize>,
+    /// Most arguments in one command. Default 65536.
+    #[serde(default = "default_resp_max_array_len")]
+    pub max_array_len: usize,
+    /// Longest inline command (and `*`/`$` count line), in bytes. Default 65536.
+    #[serde(default = "default_resp_max_inline_bytes")]
+    pub max_inline_bytes: usize,
+    /// `SELECT` accepts databases `0` to `databases - 1`; match your regions' Redis
+    /// `databases` setting. Default 16.
+    #[serde(default = "default_resp_databases")]
+    pub databases: u32,
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS only. Default: none.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: none.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        RespConfig {
+            listen: default_resp_listen(),
+            password: None,
+            max_connections: default_resp_max_connections(),
+            idle_timeout: Duration::ZERO,
+            max_bulk_bytes: None,
+            max_array_len: default_resp_max_array_len(),
+            max_inline_bytes: default_resp_max_inline_bytes(),
+            databases: default_resp_databases(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+fn default_resp_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6380))
+}
+fn default_resp_max_connections() -> usize {
+    10_000
+}
+fn default_resp_max_array_len() -> usize {
+    65_536
+}
+fn default_resp_max_inline_bytes() -> usize {
+    65_536
+}
+fn default_resp_databases() -> u32 {
+    16
 }
 
 /// `[delivery]`
@@ -256,6 +332,7 @@ impl Config {
                     worker: WorkerPlacement::Local,
                 })
                 .collect(),
+            resp: None,
         }
     }
 
@@ -382,6 +459,55 @@ impl Config {
         if !(1..=10_000).contains(&self.worker.batch_size) {
             return Err(invalid("worker.batch_size", "use 1 to 10000".into()));
         }
+        if let Some(resp) = &self.resp {
+            resp.check(self.max_message_bytes, &invalid)?;
+        }
+        Ok(())
+    }
+}
+
+impl RespConfig {
+    /// The largest argument accepted, given the message limit.
+    pub fn max_bulk_bytes(&self, max_message_bytes: usize) -> usize {
+        self.max_bulk_bytes.unwrap_or(max_message_bytes)
+    }
+
+    fn check(
+        &self,
+        max_message_bytes: usize,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.password.as_deref() == Some("") {
+            return Err(invalid(
+                "resp.password",
+                "is empty: remove the key to accept every client, or set a password".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("resp.max_connections", "must be at least 1".into()));
+        }
+        let bulk = self.max_bulk_bytes(max_message_bytes);
+        if bulk == 0 || bulk > max_message_bytes {
+            return Err(invalid(
+                "resp.max_bulk_bytes",
+                format!("use 1 to max_message_bytes ({max_message_bytes}): a larger argument could never be published"),
+            ));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.max_array_len) {
+            return Err(invalid("resp.max_array_len", "use 1 to 16777216".into()));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&self.max_inline_bytes) {
+            return Err(invalid("resp.max_inline_bytes", "use 64 to 16777216".into()));
+        }
+        if self.databases == 0 {
+            return Err(invalid("resp.databases", "must be at least 1".into()));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                if self.tls_cert.is_some() { "resp.tls_key" } else { "resp.tls_cert" },
+                "TLS needs both resp.tls_cert and resp.tls_key (PEM files); set both or neither".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -422,6 +548,42 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.regions.len(), 2);
         assert_eq!(c.regions[1].name, "mumbai");
+        let resp = c.resp.expect("the example enables [resp]");
+        assert_eq!(resp.listen.to_string(), "127.0.0.1:6380");
+    }
+
+    #[test]
+    fn resp_section_defaults_and_checks() {
+        assert!(parse(MINIMAL).unwrap().resp.is_none(), "off unless present");
+        let c = parse(&format!("[resp]\n{MINIMAL}")).unwrap();
+        let resp = c.resp.unwrap();
+        assert_eq!(resp.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(resp.max_connections, 10_000);
+        assert_eq!(resp.idle_timeout, Duration::ZERO);
+        assert_eq!(resp.max_bulk_bytes(c.max_message_bytes), 262_144);
+        assert_eq!(resp.max_array_len, 65_536);
+        assert_eq!(resp.max_inline_bytes, 65_536);
+        assert_eq!(resp.databases, 16);
+        assert!(resp.password.is_none() && resp.tls_cert.is_none());
+
+        for (section, key) in [
+            ("password = \"\"", "resp.password"),
+            ("max_connections = 0", "resp.max_connections"),
+            ("max_bulk_bytes = 300000", "resp.max_bulk_bytes"),
+            ("max_array_len = 0", "resp.max_array_len"),
+            ("max_inline_bytes = 1", "resp.max_inline_bytes"),
+            ("databases = 0", "resp.databases"),
+            ("tls_cert = \"c.pem\"", "resp.tls_key"),
+        ] {
+            let err = parse(&format!("[resp]\n{section}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{section}: {err}");
+        }
+        let unknown = parse(&format!("[resp]\nport = 1\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("port"), "{unknown}");
     }
 
     #[test]

@@ -90,6 +90,15 @@ fn describe() {
         "regis_queue_oldest_age_seconds",
         "Age of the oldest message not yet applied."
     );
+    describe_gauge!("regis_resp_connections", "Open RESP connections.");
+    describe_counter!(
+        "regis_resp_refused_connections_total",
+        "RESP connections refused before being served, by reason."
+    );
+    describe_counter!(
+        "regis_resp_protocol_errors_total",
+        "RESP connections closed for a protocol error."
+    );
 }
 
 /// Messages accepted at ingress and durable.
@@ -241,5 +250,44 @@ impl QueueSampled<'_> {
             .set(self.stats.dead_letters as f64);
         gauge!("regis_queue_oldest_age_seconds", "region" => region)
             .set(self.stats.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+}
+
+// --- RESP ingress -------------------------------------------------------------------------
+
+/// A RESP connection opened (`open` true) or closed.
+pub struct RespConnection {
+    /// Opened rather than closed.
+    pub open: bool,
+}
+
+impl RespConnection {
+    /// Records the event.
+    pub fn emit(self) {
+        let delta = if self.open { 1.0 } else { -1.0 };
+        gauge!("regis_resp_connections").increment(delta);
+    }
+}
+
+/// A RESP connection refused before it was served.
+pub struct RespConnectionRefused {
+    /// `max_connections` or `tls_handshake`.
+    pub reason: &'static str,
+}
+
+impl RespConnectionRefused {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_resp_refused_connections_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// A RESP connection closed for breaking the protocol.
+pub struct RespProtocolError;
+
+impl RespProtocolError {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_resp_protocol_errors_total").increment(1);
     }
 }

@@ -17,6 +17,7 @@ use crate::bus::embedded::{EmbeddedBus, StoreOptions};
 use crate::config::{Config, WorkerPlacement};
 use crate::hub::Hub;
 use crate::ingress::http::{ApiState, RegionRuntime, router};
+use crate::ingress::resp::{RespServer, RespStartError};
 use crate::latency::LatencyWindow;
 use crate::worker::{self, WorkerSettings};
 
@@ -30,6 +31,7 @@ pub struct Server<B: Bus> {
     stop_workers: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     workers: JoinSet<()>,
+    resp: Option<RespServer>,
 }
 
 /// Why the hub could not start.
@@ -49,6 +51,9 @@ pub enum StartError {
     /// A region's Redis URL is unusable.
     #[error("{0}")]
     Redis(#[from] crate::apply::BadRedisUrl),
+    /// The RESP listener could not start.
+    #[error("{0}")]
+    Resp(#[from] RespStartError),
 }
 
 impl Server<EmbeddedBus> {
@@ -121,6 +126,10 @@ impl<B: Bus> Server<B> {
             addr: config.http.listen,
             source,
         })?;
+        let resp = match &config.resp {
+            Some(resp) => Some(RespServer::start(resp, hub.clone()).await?),
+            None => None,
+        };
         let app = router(ApiState {
             hub: hub.clone(),
             bus: bus.clone(),
@@ -147,7 +156,13 @@ impl<B: Bus> Server<B> {
             stop_workers,
             http,
             workers,
+            resp,
         })
+    }
+
+    /// Where the RESP listener listens, when `[resp]` is configured.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_ref().map(RespServer::addr)
     }
 
     /// Where the HTTP API listens.
@@ -173,6 +188,9 @@ impl<B: Bus> Server<B> {
     /// Drains and stops: ingress first, then workers (each settles its batch), then the bus.
     pub async fn stop(mut self) {
         self.stop_http.cancel();
+        if let Some(resp) = self.resp.take() {
+            resp.stop().await;
+        }
         let _ = (&mut self.http).await;
         self.stop_workers.cancel();
         while self.workers.join_next().await.is_some() {}

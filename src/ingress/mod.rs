@@ -1,5 +1,7 @@
 //! The ways producers and operators reach a hub.
 //!
 //! * [`http`]: `POST /v1/publish`, status, metrics and health over HTTP/1.1 (axum).
+//! * [`resp`]: the Redis protocol: any Redis client publishes its write commands.
 
 pub mod http;
+pub mod resp;
