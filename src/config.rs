@@ -490,22 +490,32 @@ impl RespConfig {
         if bulk == 0 || bulk > max_message_bytes {
             return Err(invalid(
                 "resp.max_bulk_bytes",
-                format!("use 1 to max_message_bytes ({max_message_bytes}): a larger argument could never be published"),
+                format!(
+                    "use 1 to max_message_bytes ({max_message_bytes}): a larger argument could never be published"
+                ),
             ));
         }
         if !(1..=16 * 1024 * 1024).contains(&self.max_array_len) {
             return Err(invalid("resp.max_array_len", "use 1 to 16777216".into()));
         }
         if !(64..=16 * 1024 * 1024).contains(&self.max_inline_bytes) {
-            return Err(invalid("resp.max_inline_bytes", "use 64 to 16777216".into()));
+            return Err(invalid(
+                "resp.max_inline_bytes",
+                "use 64 to 16777216".into(),
+            ));
         }
         if self.databases == 0 {
             return Err(invalid("resp.databases", "must be at least 1".into()));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid(
-                if self.tls_cert.is_some() { "resp.tls_key" } else { "resp.tls_cert" },
-                "TLS needs both resp.tls_cert and resp.tls_key (PEM files); set both or neither".into(),
+                if self.tls_cert.is_some() {
+                    "resp.tls_key"
+                } else {
+                    "resp.tls_cert"
+                },
+                "TLS needs both resp.tls_cert and resp.tls_key (PEM files); set both or neither"
+                    .into(),
             ));
         }
         Ok(())

@@ -18,7 +18,8 @@
 //!   registers (`lww`), and sorting failures into transient and permanent.
 //! * [`worker`]: a region's consumers: lease, apply, settle, back off.
 //! * [`hub`]: validating, versioning and publishing.
-//! * [`ingress`]: the HTTP API.
+//! * [`ingress`]: the HTTP API and the Redis-protocol (RESP) listener.
+//! * [`publisher`]: the Rust `Publisher` library: batched, durable publishing over RESP.
 //! * [`server`]: `regis serve` assembled: bus, hub, workers, listeners, graceful drain.
 //! * [`config`]: the `regis.toml` file.
 //! * [`metrics`]: every exported metric, as typed events.
@@ -38,6 +39,7 @@ pub mod hub;
 pub mod ingress;
 pub mod latency;
 pub mod metrics;
+pub mod publisher;
 pub mod redis_process;
 pub mod server;
 pub mod snapshot;

@@ -26,10 +26,7 @@ pub fn success(name: &str, args: &[Bytes]) -> Reply {
     let n = args.len();
     match name {
         "SET" => {
-            let get = args
-                .iter()
-                .skip(3)
-                .any(|a| a.eq_ignore_ascii_case(b"GET"));
+            let get = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"GET"));
             if get { Reply::Null } else { OK }
         }
         "SETEX" | "PSETEX" | "MSET" | "HMSET" | "LSET" | "LTRIM" | "RENAME" => OK,

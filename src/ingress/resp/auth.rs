@@ -104,10 +104,7 @@ mod tests {
             auth.authenticate(Some(b"admin"), b"s3cret"),
             Err(AuthError::WrongPass)
         );
-        assert_eq!(
-            auth.authenticate(None, b"s3cre"),
-            Err(AuthError::WrongPass)
-        );
+        assert_eq!(auth.authenticate(None, b"s3cre"), Err(AuthError::WrongPass));
         assert_eq!(
             auth.authenticate(None, b"s3cret!"),
             Err(AuthError::WrongPass)
@@ -115,9 +112,6 @@ mod tests {
         assert_eq!(auth.authenticate(None, b""), Err(AuthError::WrongPass));
         let open = PasswordAuth::new(None);
         assert!(!open.required());
-        assert_eq!(
-            open.authenticate(None, b"x"),
-            Err(AuthError::NotConfigured)
-        );
+        assert_eq!(open.authenticate(None, b"x"), Err(AuthError::NotConfigured));
     }
 }

@@ -122,7 +122,12 @@ pub async fn serve<S, P>(
                 out = BytesMut::with_capacity(4096);
             }
         }
-        if protocol_error.is_some() || session.closing || shutdown.is_cancelled() {
+        if protocol_error.is_some() {
+            let _ = stream.shutdown().await;
+            discard_briefly(&mut stream).await;
+            return;
+        }
+        if session.closing || shutdown.is_cancelled() {
             let _ = stream.shutdown().await;
             return;
         }
@@ -146,6 +151,23 @@ pub async fn serve<S, P>(
             }
         }
     }
+}
+
+/// After a protocol error: reads and drops what the client is still sending, for a moment,
+/// so that closing with unread bytes does not make the kernel answer with a reset that
+/// destroys the error reply before the client reads it.
+async fn discard_briefly<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 8192];
+    let mut left: usize = 4 * 1024 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// The replies of one round, in order, and the messages they wait for.
@@ -409,7 +431,13 @@ impl Session {
     }
 
     /// A command between `MULTI` and `EXEC`: checked now, published with the others at `EXEC`.
-    fn queue<P: Publish>(&mut self, name: &str, args: Vec<Bytes>, round: &mut Round, shared: &Shared<P>) {
+    fn queue<P: Publish>(
+        &mut self,
+        name: &str,
+        args: Vec<Bytes>,
+        round: &mut Round,
+        shared: &Shared<P>,
+    ) {
         let protocol = self.protocol;
         let Some(tx) = self.multi.as_mut() else {
             return;
@@ -581,7 +609,10 @@ impl Session {
         self.protocol = protocol;
         Reply::Map(vec![
             (Reply::text("server"), Reply::text("redis")),
-            (Reply::text("version"), Reply::text(COMPATIBLE_REDIS_VERSION)),
+            (
+                Reply::text("version"),
+                Reply::text(COMPATIBLE_REDIS_VERSION),
+            ),
             (Reply::text("proto"), Reply::Integer(protocol.version())),
             (Reply::text("id"), Reply::Integer(self.id as i64)),
             (Reply::text("mode"), Reply::text("standalone")),
@@ -608,7 +639,10 @@ impl Session {
             ("SETINFO", 4) => {
                 let attr = Name::of(&args[2]);
                 let value = &args[3];
-                if value.iter().any(|b| *b == b' ' || *b == b'\n' || *b == b'\r') {
+                if value
+                    .iter()
+                    .any(|b| *b == b' ' || *b == b'\n' || *b == b'\r')
+                {
                     return Reply::err(format!(
                         "{} cannot contain spaces, newlines or special characters.",
                         attr.as_str()
@@ -749,19 +783,13 @@ fn info<P>(args: &[Bytes], shared: &Shared<P>) -> Reply {
             "arch_bits:64".into(),
             format!("process_id:{}", std::process::id()),
             format!("tcp_port:{}", shared.settings.port),
-            format!(
-                "uptime_in_seconds:{}",
-                shared.started.elapsed().as_secs()
-            ),
+            format!("uptime_in_seconds:{}", shared.started.elapsed().as_secs()),
         ],
     );
     section(
         "Clients",
         vec![
-            format!(
-                "connected_clients:{}",
-                shared.open.load(Ordering::Relaxed)
-            ),
+            format!("connected_clients:{}", shared.open.load(Ordering::Relaxed)),
             format!("maxclients:{}", shared.settings.max_connections),
         ],
     );

@@ -516,11 +516,20 @@ mod tests {
             (b"*1\r\n$2000\r\n", "Protocol error: invalid bulk length"),
             (b"*1\r\n$abc\r\n", "Protocol error: invalid bulk length"),
             (b"*1\r\n$\r\n", "Protocol error: invalid bulk length"),
-            (b"*1\r\n*1\r\n$1\r\na\r\n", "Protocol error: expected '$', got '*'"),
+            (
+                b"*1\r\n*1\r\n$1\r\na\r\n",
+                "Protocol error: expected '$', got '*'",
+            ),
             (b"*1\r\n:1\r\n", "Protocol error: expected '$', got ':'"),
             (b"*1\r\n\x00", "Protocol error: expected '$', got '\\x00'"),
-            (b"*1\r\n$1\r\nabc\r\n", "Protocol error: bulk string is not followed by CRLF"),
-            (b"set \"a\r\n", "Protocol error: unbalanced quotes in request"),
+            (
+                b"*1\r\n$1\r\nabc\r\n",
+                "Protocol error: bulk string is not followed by CRLF",
+            ),
+            (
+                b"set \"a\r\n",
+                "Protocol error: unbalanced quotes in request",
+            ),
         ];
         for (input, wording) in cases {
             let err = parse_all(input).unwrap_err().to_string();

@@ -50,7 +50,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum RespStartError {
     /// The address is taken or not ours.
-    #[error("cannot listen on {addr} for RESP: {source}; is another process (a Redis?) using it? change resp.listen")]
+    #[error(
+        "cannot listen on {addr} for RESP: {source}; is another process (a Redis?) using it? change resp.listen"
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -183,14 +185,15 @@ async fn accept_loop<P: Publish>(
         let tls = tls.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
-            shared.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .open
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             crate::metrics::RespConnection { open: true }.emit();
             let peer = peer.to_string();
             match tls {
                 None => connection::serve(socket, peer, shared.clone(), stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket))
-                        .await
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await
                     {
                         Ok(Ok(stream)) => {
                             connection::serve(stream, peer, shared.clone(), stop).await
@@ -212,7 +215,9 @@ async fn accept_loop<P: Publish>(
                     }
                 }
             }
-            shared.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             crate::metrics::RespConnection { open: false }.emit();
             drop(slot);
         });

@@ -156,10 +156,7 @@ mod tests {
         let double = Reply::Double(Bytes::from_static(b"1.5"));
         assert_eq!(encoded(&double, Protocol::Resp2), b"$3\r\n1.5\r\n");
         assert_eq!(encoded(&double, Protocol::Resp3), b",1.5\r\n");
-        assert_eq!(
-            encoded(&Reply::Integer(-12), Protocol::Resp2),
-            b":-12\r\n"
-        );
+        assert_eq!(encoded(&Reply::Integer(-12), Protocol::Resp2), b":-12\r\n");
     }
 
     #[test]
