@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_apply;
+mod bench_resp;
 mod demo;
 mod publish;
 mod serve;
@@ -58,6 +59,9 @@ pub enum Command {
     Demo,
     /// Measure replication throughput and latency on this machine (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Measure the RESP ingress with redis-benchmark against a plain redis-server (see
+    /// BENCHMARKS.md, "RESP ingress").
+    BenchResp(bench_resp::BenchRespArgs),
 }
 
 /// Runs the parsed command line.
@@ -67,5 +71,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish { url, db, command } => publish::run(&url, db, command).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchResp(args) => bench_resp::run(args).await,
     }
 }

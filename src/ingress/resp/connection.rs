@@ -668,7 +668,7 @@ impl Session {
                     "SETNAME <name>, GETNAME, ID, SETINFO LIB-NAME|LIB-VER <value>, INFO, LIST",
                 ]
                 .into_iter()
-                .map(|line| Reply::text(line))
+                .map(Reply::text)
                 .collect(),
             ),
             (

@@ -600,4 +600,84 @@ mod tests {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
     }
+
+    fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend(arg);
+            out.extend(b"\r\n");
+        }
+        out
+    }
+
+    type Outcome = (Vec<Vec<Vec<u8>>>, Option<ProtocolError>);
+
+    /// Parses `input` fed in pieces cut at `cuts`.
+    fn parse_in_pieces(input: &[u8], cuts: &[usize]) -> Outcome {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.push(input.len());
+        points.sort_unstable();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for to in points {
+            buf.extend_from_slice(&input[from..to]);
+            from = to;
+            loop {
+                match parse(&mut buf, &LIMITS) {
+                    Ok(Some(args)) => {
+                        assert!(!args.is_empty());
+                        assert!(args.iter().map(Bytes::len).sum::<usize>() <= 4096);
+                        out.push(args.iter().map(|a| a.to_vec()).collect());
+                    }
+                    Ok(None) => break,
+                    Err(err) => return (out, Some(err)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Whatever the bytes and however they arrive: no panic, the limits hold, and the
+        /// outcome does not depend on where the reads were cut.
+        #[test]
+        fn any_bytes_in_any_pieces(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::sample::select(b"*$\r\n0123456789- \"'\\x".to_vec()),
+                ],
+                0..600,
+            ),
+            cuts in proptest::collection::vec(0usize..1000, 0..6),
+        ) {
+            let whole = parse_in_pieces(&input, &[]);
+            proptest::prop_assert_eq!(&whole, &parse_in_pieces(&input, &cuts));
+        }
+
+        /// Well-formed commands come back exactly, byte-safe, however they are cut.
+        #[test]
+        fn commands_round_trip(
+            commands in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..8),
+                1..10,
+            ),
+            cuts in proptest::collection::vec(0usize..5000, 0..8),
+        ) {
+            let input: Vec<u8> = commands.iter().flat_map(|c| encode(c)).collect();
+            proptest::prop_assert_eq!(parse_in_pieces(&input, &cuts), (commands, None));
+        }
+
+        /// Inline commands of plain words split like Redis splits them.
+        #[test]
+        fn inline_words(words in proptest::collection::vec("[a-zA-Z0-9:_.-]{1,12}", 1..8)) {
+            let line = format!("{}\r\n", words.join(" "));
+            let expected: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            proptest::prop_assert_eq!(parse_in_pieces(line.as_bytes(), &[3]), (vec![expected], None));
+        }
+    }
 }
