@@ -19,6 +19,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         server.http_addr(),
         config.data_dir.display()
     );
+    if let Some(addr) = server.resp_addr() {
+        eprintln!(
+            "regis: Redis clients publish on {addr} (e.g. redis-cli -p {})",
+            addr.port()
+        );
+    }
     shutdown_signal().await;
     eprintln!("regis: stopping: finishing in-flight work");
     server.shutdown().await;
