@@ -39,6 +39,9 @@ pub const COMPATIBLE_REDIS_VERSION: &str = "7.2.0";
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a stopping listener waits for a client to take its last replies.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Settings every connection of a listener shares.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -115,8 +118,17 @@ pub async fn serve<S, P>(
         if !round.pending.is_empty() {
             out.clear();
             round.finish(&shared.hub, &mut out).await;
-            if stream.write_all(&out).await.is_err() {
-                return;
+            // A client that stops reading its replies must not hold up a shutdown forever.
+            let grace = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(DRAIN_GRACE).await;
+            };
+            tokio::select! {
+                written = stream.write_all(&out) => if written.is_err() { return },
+                _ = grace => {
+                    tracing::warn!(peer = %session.peer, "RESP client did not read its replies during shutdown; closing");
+                    return;
+                }
             }
             if out.capacity() > 1024 * 1024 {
                 out = BytesMut::with_capacity(4096);
