@@ -100,6 +100,7 @@ impl RedisProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        die_with_parent(&mut command);
         let child = command.spawn().map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => RedisProcessError::NotInstalled,
             _ => RedisProcessError::Io(err),
@@ -199,6 +200,28 @@ impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Makes the child die when the thread that spawned it exits, so a test process killed by
+/// a timeout (which runs no destructors) leaves no `redis-server` behind. Call `start` and
+/// `restart` from a thread that outlives the process they start (a test's own thread, or
+/// `main`), not from a short-lived blocking thread.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// One `PING` over a raw socket: no client library needed to know it is up.

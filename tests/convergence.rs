@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -390,22 +389,7 @@ fn history(steps: &[Step]) -> Vec<Envelope> {
 struct Servers {
     region: RedisProcess,
     reference: RedisProcess,
-    runtime: tokio::runtime::Runtime,
 }
-
-fn servers() -> &'static Servers {
-    static SERVERS: OnceLock<Servers> = OnceLock::new();
-    SERVERS.get_or_init(|| Servers {
-        region: RedisProcess::start().expect("the convergence tests need redis-server"),
-        reference: RedisProcess::start().expect("the convergence tests need redis-server"),
-        runtime: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    })
-}
-
 async fn flush(url: &str) {
     let mut conn = redis::Client::open(url)
         .unwrap()
@@ -456,8 +440,7 @@ async fn deliver_scrambled(
     Ok(())
 }
 
-async fn check(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
-    let servers = servers();
+async fn check(servers: &Servers, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     let messages = history(&steps);
     flush(&servers.region.url()).await;
     flush(&servers.reference.url()).await;
@@ -526,10 +509,20 @@ fn lww_converges_to_the_in_order_state_under_any_delivery() {
         source_file: Some(file!()),
         ..ProptestConfig::default()
     };
+    // Owned by the test, so they are stopped when it ends (a static would never be dropped).
+    let servers = Servers {
+        region: RedisProcess::start().expect("the convergence tests need redis-server"),
+        reference: RedisProcess::start().expect("the convergence tests need redis-server"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut runner = TestRunner::new(config);
     let result = runner.run(
         &(proptest::collection::vec(step(), 1..40), any::<u64>()),
-        |(steps, seed)| servers().runtime.block_on(check(steps, seed)),
+        |(steps, seed)| runtime.block_on(check(&servers, steps, seed)),
     );
     if let Err(err) = result {
         panic!("{err}");

@@ -153,6 +153,9 @@ impl Scrambled {
         let mut config = config(data.path(), &regions);
         config.convergence = mode;
         config.regions[1].worker = WorkerPlacement::Remote;
+        // One consumer applies the unscrambled region strictly in publish order, the baseline
+        // the `none` test compares with (two consumers could already reorder batches).
+        config.regions[0].concurrency = Some(1);
         let hub = start_hub(&config).await;
         let scrambler = Scrambler::new(hub.bus().clone(), how, 7);
         let mut scrambled = Scrambled {
