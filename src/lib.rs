@@ -24,8 +24,11 @@
 //! * [`config`]: the `regis.toml` file.
 //! * [`metrics`]: every exported metric, as typed events.
 //! * [`latency`]: rolling publish→applied latency per region.
+//! * [`health`]: whether each region's Redis answers (worker reports and a probe).
+//! * [`peak_rss`]: a child process's peak memory, for benchmarks and tests.
 //! * [`redis_process`]: throwaway `redis-server`s for the demo, benchmarks and tests.
 //! * [`snapshot`]: a region's whole data set as a comparable value.
+//! * [`verify`]: comparing regions key by key in bounded memory, and repairing drift.
 //! * [`cli`]: the `regis` command line.
 
 pub mod apply;
@@ -35,12 +38,15 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod envelope;
+pub mod health;
 pub mod hub;
 pub mod ingress;
 pub mod latency;
 pub mod metrics;
 pub mod publisher;
+pub mod peak_rss;
 pub mod redis_process;
 pub mod server;
 pub mod snapshot;
+pub mod verify;
 pub mod worker;

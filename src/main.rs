@@ -22,9 +22,12 @@ async fn main() -> std::process::ExitCode {
     }
     match regis::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("regis: error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<regis::cli::Exit>() {
+            Some(regis::cli::Exit(code)) => std::process::ExitCode::from(*code),
+            None => {
+                eprintln!("regis: error: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

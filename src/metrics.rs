@@ -54,11 +54,23 @@ fn describe() {
     );
     describe_counter!(
         "regis_retries_total",
-        "Deliveries settled with Retry, by reason."
+        "Deliveries to be tried again, by reason: transient (the region's Redis was unavailable), permanent (the command failed; counts towards max_receives), lease_expired (not settled within the visibility timeout)."
     );
     describe_counter!(
         "regis_dead_letters_total",
         "Messages moved to a region's dead letters."
+    );
+    describe_counter!(
+        "regis_dead_letters_redriven_total",
+        "Dead letters moved back into their region's queue by an operator."
+    );
+    describe_counter!(
+        "regis_dead_letters_purged_total",
+        "Dead letters deleted by an operator."
+    );
+    describe_counter!(
+        "regis_dead_letters_expired_total",
+        "Dead letters removed after dead_letter_retention."
     );
     describe_histogram!(
         "regis_publish_to_apply_seconds",
@@ -146,6 +158,18 @@ impl RegionMetrics {
     /// Handles for `region`.
     pub fn new(region: &str) -> RegionMetrics {
         let r = region.to_string();
+        // Register the region's rarer series too, so they export 0 from the start rather
+        // than appearing with the first dead letter (a missing series defeats `rate()` and
+        // alerts written as `increase(...) > 0`).
+        for name in [
+            "regis_dead_letters_total",
+            "regis_dead_letters_redriven_total",
+            "regis_dead_letters_purged_total",
+            "regis_dead_letters_expired_total",
+        ] {
+            let _ = counter!(name, "region" => r.clone());
+        }
+        let _ = counter!("regis_retries_total", "region" => r.clone(), "reason" => "lease_expired");
         RegionMetrics {
             applied_messages: counter!("regis_applied_messages_total", "region" => r.clone()),
             applied_commands: counter!("regis_applied_commands_total", "region" => r.clone()),
@@ -289,5 +313,69 @@ impl RespProtocolError {
     /// Records the event.
     pub fn emit(self) {
         counter!("regis_resp_protocol_errors_total").increment(1);
+    }
+}
+
+// --- Operating: retries, dead-letter admin and expiry --------------------------------------
+
+/// A first delivery's lease expired unsettled; the message will be delivered again.
+pub struct LeaseExpired<'a> {
+    /// Region name.
+    pub region: &'a str,
+}
+
+impl LeaseExpired<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_retries_total", "region" => self.region.to_string(), "reason" => "lease_expired")
+            .increment(1);
+    }
+}
+
+/// Dead letters an operator moved back into their region's queue.
+pub struct DeadLettersRedriven<'a> {
+    /// Region name.
+    pub region: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl DeadLettersRedriven<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_dead_letters_redriven_total", "region" => self.region.to_string())
+            .increment(self.count);
+    }
+}
+
+/// Dead letters an operator deleted.
+pub struct DeadLettersPurged<'a> {
+    /// Region name.
+    pub region: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl DeadLettersPurged<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_dead_letters_purged_total", "region" => self.region.to_string())
+            .increment(self.count);
+    }
+}
+
+/// Dead letters removed because they outlived `dead_letter_retention`.
+pub struct DeadLettersExpired<'a> {
+    /// Region name.
+    pub region: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl DeadLettersExpired<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_dead_letters_expired_total", "region" => self.region.to_string())
+            .increment(self.count);
     }
 }

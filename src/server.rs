@@ -15,6 +15,7 @@ use crate::apply::Applier;
 use crate::bus::Bus;
 use crate::bus::embedded::{EmbeddedBus, StoreOptions};
 use crate::config::{Config, WorkerPlacement};
+use crate::health::RedisHealth;
 use crate::hub::Hub;
 use crate::ingress::http::{ApiState, RegionRuntime, router};
 use crate::ingress::resp::{RespServer, RespStartError};
@@ -90,13 +91,17 @@ impl<B: Bus> Server<B> {
         let mut runtimes = Vec::new();
         for region in &config.regions {
             let latency = Arc::new(LatencyWindow::default());
-            runtimes.push(RegionRuntime {
-                name: region.name.clone(),
-                latency: latency.clone(),
-            });
             if region.worker == WorkerPlacement::Remote {
+                // The hub may have no route to a remote region's Redis: its reachability
+                // stays unknown here (and exports no `regis_redis_up`).
+                runtimes.push(RegionRuntime {
+                    name: region.name.clone(),
+                    latency,
+                    health: Arc::new(RedisHealth::unmonitored()),
+                });
                 continue;
             }
+            let health = Arc::new(RedisHealth::new(&region.name));
             worker::spawn(
                 WorkerSettings {
                     region: region.name.clone(),
@@ -111,9 +116,15 @@ impl<B: Bus> Server<B> {
                 bus.clone(),
                 applier.clone(),
                 latency.clone(),
+                health.clone(),
                 stop_workers.clone(),
                 &mut workers,
             )?;
+            runtimes.push(RegionRuntime {
+                name: region.name.clone(),
+                latency,
+                health,
+            });
         }
         let regions = Arc::new(runtimes);
         let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -9,7 +9,8 @@
 //!   and `DeadLetter` once it has been received `max_receives` times — the others in the
 //!   batch are settled on their own, so one poison message never holds them up;
 //! * the Redis could not be reached → every message `Retry`, then the consumer waits for the
-//!   Redis to answer `PING` (backing off up to `retry_backoff_max`) before it leases more.
+//!   Redis to answer `PING` (backing off up to `retry_backoff_max`, or until the region's
+//!   health probe sees it answer) before it leases more.
 //!   The region's backlog stays on the bus and drains when the Redis returns; outages never
 //!   count towards dead-lettering.
 //!
@@ -25,8 +26,9 @@ use crate::apply::{Applier, Failure, RegionRedis};
 use crate::bus::{Consume, Delivery, Receipt, Settle};
 use crate::clock::now_us;
 use crate::envelope::Envelope;
+use crate::health::RedisHealth;
 use crate::latency::LatencyWindow;
-use crate::metrics::{Applied, RedisReachable, RegionMetrics, Retried};
+use crate::metrics::{Applied, RegionMetrics, Retried};
 
 /// How long one receive waits for the first message.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
@@ -63,15 +65,23 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     ))
 }
 
-/// Starts `settings.concurrency` consumers for one region; they run until `shutdown`.
+/// Starts `settings.concurrency` consumers for one region, and the probe that keeps
+/// `health` current while the region is idle; they run until `shutdown`.
 pub fn spawn<C: Consume + Clone>(
     settings: WorkerSettings,
     consume: C,
     applier: Applier,
     latency: Arc<LatencyWindow>,
+    health: Arc<RedisHealth>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), crate::apply::BadRedisUrl> {
+    let probe = RegionRedis::new(&settings.redis_url, settings.redis_timeout)?;
+    tasks.spawn(crate::health::probe(
+        health.clone(),
+        probe,
+        shutdown.clone(),
+    ));
     for consumer in 0..settings.concurrency.max(1) {
         let redis = RegionRedis::new(&settings.redis_url, settings.redis_timeout)?;
         let worker = Consumer {
@@ -79,6 +89,7 @@ pub fn spawn<C: Consume + Clone>(
             consume: consume.clone(),
             applier: applier.clone(),
             latency: latency.clone(),
+            health: health.clone(),
             metrics: RegionMetrics::new(&settings.region),
             redis,
             consumer,
@@ -93,6 +104,7 @@ struct Consumer<C> {
     consume: C,
     applier: Applier,
     latency: Arc<LatencyWindow>,
+    health: Arc<RedisHealth>,
     metrics: RegionMetrics,
     redis: RegionRedis,
     consumer: usize,
@@ -164,11 +176,7 @@ impl<C: Consume> Consumer<C> {
         let mut outage = false;
         match result {
             Ok(outcomes) => {
-                RedisReachable {
-                    region: &self.metrics,
-                    up: true,
-                }
-                .emit();
+                self.health.report_up();
                 let applied_at = now_us();
                 let mut latencies = Vec::with_capacity(outcomes.len());
                 let mut commands = 0u64;
@@ -195,11 +203,7 @@ impl<C: Consume> Consumer<C> {
                 .emit();
             }
             Err(failure) => {
-                RedisReachable {
-                    region: &self.metrics,
-                    up: false,
-                }
-                .emit();
+                self.health.report_down(failure.message());
                 tracing::warn!(
                     region,
                     error = failure.message(),
@@ -302,21 +306,21 @@ impl<C: Consume> Consumer<C> {
                 self.settings.retry_backoff_max,
                 attempt,
             );
+            // The region's probe may see the Redis return before this backoff ends.
+            let health = self.health.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = health.back_up() => {}
             }
             match self.redis.ping().await {
                 Ok(()) => {
-                    RedisReachable {
-                        region: &self.metrics,
-                        up: true,
-                    }
-                    .emit();
+                    self.health.report_up();
                     tracing::info!(region, "region's Redis answers again; draining its backlog");
                     return;
                 }
                 Err(failure) => {
+                    self.health.report_down(failure.message());
                     tracing::debug!(
                         region,
                         error = failure.message(),

@@ -187,6 +187,7 @@ impl Scrambled {
             self.scrambler.clone(),
             Applier::new(self.mode, Duration::from_secs(3600)),
             Arc::new(LatencyWindow::default()),
+            Arc::new(regis::health::RedisHealth::new(&region_name(1))),
             self.stop.clone(),
             &mut self.workers,
         )

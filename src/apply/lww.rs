@@ -121,6 +121,12 @@ pub fn counter_key(key: &[u8]) -> Vec<u8> {
     [b"__regis:c:".as_slice(), &slot_suffix(key)].concat()
 }
 
+/// Every key that holds `key`'s convergence metadata: state, member registers, counter
+/// records. `regis verify --repair` copies them with the data key, so keep this list whole.
+pub fn metadata_keys(key: &[u8]) -> [Vec<u8>; 3] {
+    [meta_key(key), registers_key(key), counter_key(key)]
+}
+
 /// A version as the script compares it: 19 digits, zero-padded.
 fn version_arg(v: Version) -> String {
     format!("{:019}", v.packed())

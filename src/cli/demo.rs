@@ -3,7 +3,9 @@
 //! Two throwaway `redis-server`s play Singapore and Mumbai; an in-process hub replicates a
 //! generated feed of hotel and flight records to both through its real HTTP API; Mumbai's
 //! Redis goes down for a while (its backlog waits on the hub's disk and drains when it
-//! returns); finally the two regions are compared key by key. Everything is cleaned up.
+//! returns); the two regions are compared key by key with `verify`. Then a poison message
+//! lands in Singapore's dead letters, the operator removes its cause and redrives it, and
+//! `verify` finds the regions identical again. Everything is cleaned up.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,7 @@ pub async fn run() -> anyhow::Result<()> {
         &[("singapore", singapore.url()), ("mumbai", mumbai.url())],
     );
     config.delivery.retry_backoff = Duration::from_millis(100);
+    config.delivery.max_receives = 3;
     config.delivery.retry_backoff_max = Duration::from_millis(800);
     let server = Server::start(&config)
         .await
@@ -201,15 +204,19 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     println!("4. Comparing the regions key by key (type, value, TTL within a second).");
-    let (sg, mb) = (
-        Snapshot::read(&singapore.url(), 0).await?,
-        Snapshot::read(&mumbai.url(), 0).await?,
-    );
-    let diffs = sg.differences(&mb, 1000, 5);
-    if !diffs.is_empty() {
-        bail!("the regions differ:\n  {}", diffs.join("\n  "));
-    }
-    println!("   {} keys in each region, identical.\n", sg.len());
+    let regions = [
+        crate::verify::Region {
+            name: "singapore".into(),
+            url: singapore.url(),
+        },
+        crate::verify::Region {
+            name: "mumbai".into(),
+            url: mumbai.url(),
+        },
+    ];
+    verify_identical(&regions).await?;
+
+    poison_story(&server, &hub_url, &singapore, &regions).await?;
 
     server.shutdown().await;
     singapore.stop();
@@ -249,4 +256,116 @@ async fn wait_drained<B: crate::bus::Bus>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `regis verify` on both regions; fails the demo unless they are identical.
+async fn verify_identical(regions: &[crate::verify::Region]) -> anyhow::Result<()> {
+    let report = crate::verify::verify(
+        regions,
+        &crate::verify::Options::default(),
+        std::sync::Arc::new(crate::verify::NoProgress),
+    )
+    .await?;
+    if !report.agree() {
+        bail!("the regions differ:\n{}", super::verify::summary(&report));
+    }
+    println!(
+        "   regis verify: {} keys compared in {:.0} ms; the regions are identical.\n",
+        report.keys_compared,
+        report.elapsed.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// A poison message lands in Singapore's dead letters; the operator fixes the cause,
+/// redrives it, and verify finds the regions identical again.
+async fn poison_story<B: crate::bus::Bus>(
+    server: &Server<B>,
+    hub_url: &str,
+    singapore: &RedisProcess,
+    regions: &[crate::verify::Region],
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    println!(
+        "5. A poison message. Someone wrote profile:ana into Singapore's Redis directly, as a string;"
+    );
+    println!("   then a service publishes HSET profile:ana (a hash) through Regis.");
+    let client = redis::Client::open(singapore.url())?;
+    let mut direct = client.get_multiplexed_async_connection().await?;
+    redis::cmd("SET")
+        .arg("profile:ana")
+        .arg("written by hand")
+        .query_async::<()>(&mut direct)
+        .await?;
+    let answer: Value = http
+        .post(format!("{hub_url}/v1/publish"))
+        .json(&json!({ "commands": [["HSET", "profile:ana", "name", "Ana", "tier", "gold"]] }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = answer["id"]
+        .as_str()
+        .with_context(|| format!("publish answered {answer}"))?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while region(&server.bus().stats().await?, "singapore").dead_letters == 0 {
+        if Instant::now() > deadline {
+            bail!("the poison message did not reach Singapore's dead letters within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed: Value = http
+        .get(format!("{hub_url}/v1/regions/singapore/dead-letters"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let letter = &listed["dead_letters"][0];
+    println!("   Mumbai applied it. Singapore's Redis refused it every time, so after");
+    println!(
+        "   {} attempts it moved to Singapore's dead letters (regis dlq list --region singapore):",
+        letter["attempts"]
+    );
+    println!("     id       {}", letter["id"].as_str().unwrap_or("?"));
+    println!(
+        "     error    {}",
+        letter["last_error"].as_str().unwrap_or("?")
+    );
+    println!(
+        "     commands {}",
+        letter["preview"].as_str().unwrap_or("?")
+    );
+    println!();
+
+    println!("6. The operator removes the stray string in Singapore and redrives the message");
+    println!("   (regis dlq redrive --region singapore {id}).");
+    redis::cmd("DEL")
+        .arg("profile:ana")
+        .query_async::<()>(&mut direct)
+        .await?;
+    let redriven: Value = http
+        .post(format!(
+            "{hub_url}/v1/regions/singapore/dead-letters/redrive"
+        ))
+        .json(&json!({ "ids": [id] }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if redriven["redriven"].as_u64() != Some(1) {
+        bail!("redrive answered {redriven}");
+    }
+    wait_drained(server, Duration::from_secs(30)).await?;
+    let kind: String = redis::cmd("TYPE")
+        .arg("profile:ana")
+        .query_async(&mut direct)
+        .await?;
+    let dead = region(&server.bus().stats().await?, "singapore").dead_letters;
+    println!(
+        "   Applied on the next try: profile:ana is now a {kind} in Singapore; dead letters left: {dead}.\n"
+    );
+
+    println!("7. regis verify compares every key of both regions once more.");
+    verify_identical(regions).await
 }

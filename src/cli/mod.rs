@@ -8,6 +8,12 @@ mod bench_resp;
 mod demo;
 mod publish;
 mod serve;
+// Operating a hub: status, dead letters, verify/repair (issue 5).
+mod bench_verify;
+mod client;
+mod dlq;
+mod status;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -15,9 +21,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Replicates Redis writes to a Redis in every region through a durable message bus.
 #[derive(Debug, Parser)]
-#[command(name = "regis", version, about, long_about = None)]
+#[command(
+    name = "regis",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs go to stderr. Choose what is logged with RUST_LOG, e.g. RUST_LOG=warn, \
+                  RUST_LOG=regis=debug or RUST_LOG=info,regis::worker=debug (default: info)."
+)]
 pub struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: human-readable lines, or one JSON object per line (for log
+    /// shippers). Filter with RUST_LOG.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// What to do.
@@ -62,7 +76,21 @@ pub enum Command {
     /// Measure the RESP ingress with redis-benchmark against a plain redis-server (see
     /// BENCHMARKS.md, "RESP ingress").
     BenchResp(bench_resp::BenchRespArgs),
+    /// Show every region's backlog, in-flight, dead letters, latency and Redis state.
+    Status(status::StatusArgs),
+    /// List, show, redrive or purge a region's dead letters.
+    Dlq(dlq::DlqArgs),
+    /// Compare every key of every region (exit 0: identical, 1: drift, 2: error); with
+    /// `--repair --from REGION`, make the others match REGION.
+    Verify(verify::VerifyArgs),
+    /// Measure `regis verify` over two regions of many keys (see BENCHMARKS.md).
+    BenchVerify(bench_verify::BenchVerifyArgs),
 }
+
+/// Ends `regis` with this exit status; the command has already said why.
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct Exit(pub u8);
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -72,5 +100,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchResp(args) => bench_resp::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::BenchVerify(args) => bench_verify::run(args).await,
     }
 }

@@ -13,20 +13,21 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let server = Server::start(&config)
         .await
         .with_context(|| format!("cannot start the hub from {}", config_path.display()))?;
-    eprintln!(
-        "regis: serving {} region(s) on http://{} (data in {}); Ctrl-C to stop",
+    // Through tracing, not eprintln: with --log-format json, stderr must stay pure JSON.
+    tracing::info!(
+        "serving {} region(s) on http://{} (data in {}); Ctrl-C to stop",
         config.regions.len(),
         server.http_addr(),
         config.data_dir.display()
     );
     if let Some(addr) = server.resp_addr() {
-        eprintln!(
-            "regis: Redis clients publish on {addr} (e.g. redis-cli -p {})",
+        tracing::info!(
+            "Redis clients publish on {addr} (e.g. redis-cli -p {})",
             addr.port()
         );
     }
     shutdown_signal().await;
-    eprintln!("regis: stopping: finishing in-flight work");
+    tracing::info!("stopping: finishing in-flight work");
     server.shutdown().await;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The HTTP API: publishing, health, metrics and status.
+//! The HTTP API: publishing, health, metrics and status. The dead-letter admin routes live
+//! in [`super::admin`].
 //!
 //! `POST /v1/publish` takes one message as JSON —
 //! `{"commands": [["SET","k","v"],["HSET","h","f","v"]], "db": 0}` — where an argument is a
@@ -23,6 +24,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::bus::Bus;
+use crate::health::{Reachability, RedisHealth};
 use crate::hub::{Hub, MessageRequest, PublishError};
 use crate::latency::{LatencySummary, LatencyWindow};
 
@@ -32,6 +34,8 @@ pub struct RegionRuntime {
     pub name: String,
     /// Its publish→applied latencies.
     pub latency: Arc<LatencyWindow>,
+    /// Whether its Redis answers.
+    pub health: Arc<RedisHealth>,
 }
 
 /// What the handlers share.
@@ -71,6 +75,7 @@ pub fn router<B: Bus>(state: ApiState<B>) -> Router {
         .route("/v1/status", get(status::<B>))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::<B>))
+        .merge(super::admin::dead_letter_routes::<B>())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -247,6 +252,8 @@ pub struct RegionStatus {
     pub oldest_age_ms: Option<u64>,
     /// Publish→applied over the last minute.
     pub latency: LatencySummary,
+    /// Whether the region's Redis answers.
+    pub redis: Reachability,
 }
 
 async fn status<B: Bus>(State(state): State<ApiState<B>>) -> Response {
@@ -255,12 +262,9 @@ async fn status<B: Bus>(State(state): State<ApiState<B>>) -> Response {
             let regions: Vec<RegionStatus> = stats
                 .into_iter()
                 .map(|s| {
-                    let latency = state
-                        .regions
-                        .iter()
-                        .find(|r| r.name == s.name)
-                        .map(|r| r.latency.last_minute())
-                        .unwrap_or_default();
+                    let runtime = state.regions.iter().find(|r| r.name == s.name);
+                    let latency = runtime.map(|r| r.latency.last_minute()).unwrap_or_default();
+                    let redis = runtime.map(|r| r.health.get()).unwrap_or_default();
                     RegionStatus {
                         name: s.name,
                         depth: s.depth,
@@ -268,6 +272,7 @@ async fn status<B: Bus>(State(state): State<ApiState<B>>) -> Response {
                         dead_letters: s.dead_letters,
                         oldest_age_ms: s.oldest_age_ms,
                         latency,
+                        redis,
                     }
                 })
                 .collect();

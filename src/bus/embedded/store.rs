@@ -180,6 +180,22 @@ fn storage(err: rusqlite::Error) -> BusError {
     }
 }
 
+/// Logs (once per expiry) and counts a delivery whose lease expired unsettled: it is
+/// retried like any other failure, and operators want to know a worker stopped settling.
+fn lease_expired_event(region: &str, body: &[u8], seq: u64, attempt: u32) {
+    let id = Envelope::decode(body)
+        .map(|e| e.id.to_string())
+        .unwrap_or_else(|_| format!("seq {seq}"));
+    tracing::warn!(
+        message_id = %id,
+        region,
+        attempt,
+        error = "not settled within the visibility timeout (the worker may have stopped)",
+        "lease expired; message will be delivered again"
+    );
+    crate::metrics::LeaseExpired { region }.emit();
+}
+
 /// Work deferred until the transaction commits: answers that must not leave before then.
 type Deferred = Box<dyn FnOnce(Option<&BusError>) + Send>;
 
@@ -239,7 +255,15 @@ CREATE TABLE IF NOT EXISTS meta (
 const LEASE_CHECK_EVERY: Duration = Duration::from_millis(200);
 const GC_EVERY: Duration = Duration::from_secs(1);
 const FLOOR_EVERY: Duration = Duration::from_millis(200);
+/// How often expired dead letters are removed: every minute, or a tenth of the retention
+/// when that is shorter, so a short retention (tests, demos) is honoured closely too.
 const DEAD_LETTER_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+fn dead_letter_expiry_every(retention: Duration) -> Duration {
+    DEAD_LETTER_EXPIRY_EVERY
+        .min(retention / 10)
+        .max(LEASE_CHECK_EVERY)
+}
 /// Most requests folded into one transaction.
 const MAX_GROUP: usize = 8192;
 
@@ -311,7 +335,11 @@ impl Store {
             last_lease_check: Instant::now(),
             last_gc: Instant::now(),
             last_floor_write: Instant::now(),
-            last_dead_letter_expiry: Instant::now() - DEAD_LETTER_EXPIRY_EVERY,
+            // Due at the first transaction. (`checked_sub`: the monotonic clock may be
+            // younger than a minute on a freshly booted machine.)
+            last_dead_letter_expiry: Instant::now()
+                .checked_sub(DEAD_LETTER_EXPIRY_EVERY)
+                .unwrap_or_else(Instant::now),
             gc_floor: 0,
         };
         store.load().map_err(storage)?;
@@ -642,6 +670,9 @@ impl Store {
                 self.dead_letter_retry_row(&name, seq, receive_count, &reason)?;
                 continue;
             }
+            if lease_expired {
+                lease_expired_event(&name, &body, seq, receive_count);
+            }
             let count = receive_count + 1;
             self.conn
                 .prepare_cached("UPDATE retries SET receive_count = ?1, visible_at = ?2 WHERE region = ?3 AND seq = ?4")?
@@ -862,7 +893,7 @@ impl Store {
                 reason,
                 now_ms() as i64
             ])?;
-        tracing::warn!(message_id = %id, region, attempts, error = reason, "message dead-lettered");
+        tracing::warn!(message_id = %id, region, attempt = attempts, error = reason, "message dead-lettered");
         crate::metrics::DeadLettered { region }.emit();
         Ok(())
     }
@@ -991,6 +1022,7 @@ impl Store {
                     .collect();
                 for seq in expired {
                     let name = self.regions[i].name.clone();
+                    self.log_lease_expired(&name, seq)?;
                     self.conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO retries
@@ -1021,22 +1053,43 @@ impl Store {
                 self.gc_floor = min_floor;
             }
         }
-        if self.last_dead_letter_expiry.elapsed() >= DEAD_LETTER_EXPIRY_EVERY {
+        if self.last_dead_letter_expiry.elapsed()
+            >= dead_letter_expiry_every(self.options.dead_letter_retention)
+        {
             self.last_dead_letter_expiry = Instant::now();
             let cutoff =
                 now_ms().saturating_sub(self.options.dead_letter_retention.as_millis() as u64);
-            let removed = self.conn.execute(
-                "DELETE FROM dead_letters WHERE dead_at < ?1",
-                [cutoff as i64],
-            )?;
-            if removed > 0 {
-                tracing::info!(
-                    removed,
-                    "expired dead letters removed (older than dead_letter_retention)"
-                );
+            for region in &self.regions {
+                let removed = self
+                    .conn
+                    .prepare_cached("DELETE FROM dead_letters WHERE region = ?1 AND dead_at < ?2")?
+                    .execute(params![region.name, cutoff as i64])?;
+                if removed > 0 {
+                    tracing::info!(
+                        region = %region.name,
+                        removed,
+                        "expired dead letters removed (older than dead_letter_retention)"
+                    );
+                    crate::metrics::DeadLettersExpired {
+                        region: &region.name,
+                        count: removed as u64,
+                    }
+                    .emit();
+                }
             }
         }
         Ok(wake)
+    }
+
+    /// [`lease_expired_event`] for a first delivery, whose body is still in the topic.
+    fn log_lease_expired(&mut self, region: &str, seq: u64) -> rusqlite::Result<()> {
+        let body: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT body FROM messages WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()?;
+        lease_expired_event(region, body.as_deref().unwrap_or_default(), seq, 1);
+        Ok(())
     }
 
     /// Writes floors, the last seq and the clock's high water when they moved.

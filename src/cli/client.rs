@@ -1,0 +1,97 @@
+//! The one HTTP client every CLI command uses to talk to a hub.
+//!
+//! It owns the base URL and turns the API's answers into either the JSON body or an error
+//! that says what to do: an unreachable hub, an error body's `message`, a body that is not
+//! JSON. (Authentication, when the hub asks for it, belongs here too.)
+
+use anyhow::{Context, anyhow};
+use reqwest::Method;
+use serde_json::Value;
+
+/// `--url` of the hub (also `REGIS_URL`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct HubArgs {
+    /// The hub's HTTP address.
+    #[arg(long, env = "REGIS_URL", default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+}
+
+/// A hub's HTTP API.
+pub struct HubClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// An answer that was not 2xx.
+#[derive(Debug, thiserror::Error)]
+#[error("the hub answered {status}: {message}")]
+pub struct Refused {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// The API's `error.code`, if any.
+    pub code: Option<String>,
+    /// The API's `error.message`, or the body.
+    pub message: String,
+}
+
+impl HubClient {
+    /// A client for the hub at `args.url`.
+    pub fn new(args: &HubArgs) -> HubClient {
+        HubClient {
+            base: args.url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `GET path`, the JSON answer.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the hub at {}; is `regis serve` running there? (set --url or REGIS_URL)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("the hub at {} stopped answering mid-way", self.base))?;
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        if !status.is_success() {
+            let error = json.as_ref().map(|j| &j["error"]);
+            return Err(anyhow!(Refused {
+                status,
+                code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
+                message: error
+                    .and_then(|e| e["message"].as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| text.trim().to_string()),
+            }));
+        }
+        json.ok_or_else(|| {
+            anyhow!(
+                "the hub at {} answered {status} with a body that is not JSON; is that URL a Regis hub?",
+                self.base
+            )
+        })
+    }
+}
