@@ -621,3 +621,74 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
     assert!(in_use[2].bytes_in_use < 512 * 1024, "{in_use:?}");
     bus.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&config(data.path(), &regions)).await;
+    let addr = hub.http_addr();
+    let post = |body: String| async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/publish/batch"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+
+    let (status, answer) = post(
+        json!({"messages": [
+            {"commands": [["SET", "b1", "one"]]},
+            {"commands": [["GET", "b1"]]},
+            {"commands": [["HSET", "b2", "f", "v"], ["EXPIRE", "b2", 600]], "db": 0},
+        ]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results[0]["id"].is_string() && results[2]["id"].is_string(),
+        "{answer}"
+    );
+    assert_eq!(results[1]["error"]["code"], "read_command", "{answer}");
+
+    for (body, needle) in [
+        ("nope".to_string(), "not valid JSON"),
+        (
+            json!({"messages": [{"commands": "x"}]}).to_string(),
+            "messages[0]",
+        ),
+        (json!({"msgs": []}).to_string(), "unknown field"),
+        (
+            json!({"messages": vec![json!({"commands": [["SET", "k", "v"]]}); 10_001]}).to_string(),
+            "at most 10000",
+        ),
+    ] {
+        let (status, answer) = post(body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{answer}"
+        );
+    }
+
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    let snap = snapshot(&regions[0]).await;
+    assert_eq!(
+        snap.keys[b"b1".as_slice()].0,
+        Entry::String(b"one".to_vec())
+    );
+    assert!(snap.keys[b"b2".as_slice()].1.is_some(), "b2 has its TTL");
+    assert_eq!(snap.len(), 2, "{snap}");
+    hub.shutdown().await;
+}

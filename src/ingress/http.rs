@@ -6,7 +6,9 @@
 //! string, a number, or `{"base64": "..."}` for binary data. It answers `200` with
 //! `{"id": ..., "version": ...}` only once the message is durable, `4xx` with
 //! `{"error": {"code": ..., "message": ...}}` for bad input (nothing is published), and
-//! `503` when the bus cannot store it.
+//! `503` when the bus cannot store it. `POST /v1/publish/batch` takes
+//! `{"messages": [{"commands": ...}, ...]}`: independent messages stored with one append,
+//! answered `{"results": [...]}` with an id or an error for each, in order.
 
 use std::sync::Arc;
 
@@ -70,8 +72,14 @@ pub fn router<B: Bus>(state: ApiState<B>) -> Router {
         .max_message_bytes()
         .saturating_mul(6)
         .saturating_add(64 * 1024);
+    // A batch carries many messages, each still limited to max_message_bytes.
+    let batch_limit = body_limit.saturating_mul(8).max(16 * 1024 * 1024);
     Router::new()
         .route("/v1/publish", post(publish::<B>))
+        .route(
+            "/v1/publish/batch",
+            post(publish_batch::<B>).layer(DefaultBodyLimit::max(batch_limit)),
+        )
         .route("/v1/status", get(status::<B>))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::<B>))
@@ -89,6 +97,9 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
         .into_response()
 }
 
+/// Most messages in one `POST /v1/publish/batch`.
+pub const MAX_BATCH_MESSAGES: usize = 10_000;
+
 /// Turns `{"commands": [...], "db": n}` into a message request, saying exactly what is wrong.
 pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
@@ -96,6 +107,41 @@ pub fn parse_publish(body: &[u8]) -> Result<MessageRequest, String> {
             "body is not valid JSON ({err}); send {{\"commands\": [[\"SET\", \"key\", \"value\"]]}}"
         )
     })?;
+    parse_message(value)
+}
+
+/// Turns `{"messages": [{"commands": [...], "db": n}, ...]}` into message requests.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<MessageRequest>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        format!(
+            "body is not valid JSON ({err}); send {{\"messages\": [{{\"commands\": [[\"SET\", \"key\", \"value\"]]}}]}}"
+        )
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err("body must be a JSON object such as {\"messages\": [{\"commands\": [[\"SET\", \"key\", \"value\"]]}]}".into());
+    };
+    if let Some(key) = object.keys().find(|k| *k != "messages") {
+        return Err(format!(
+            "unknown field {key:?}: a batch has only \"messages\""
+        ));
+    }
+    let Some(Value::Array(messages)) = object.remove("messages") else {
+        return Err("missing \"messages\": a list of messages, each {\"commands\": [...]}".into());
+    };
+    if messages.len() > MAX_BATCH_MESSAGES {
+        return Err(format!(
+            "{} messages in one batch; send at most {MAX_BATCH_MESSAGES} per request",
+            messages.len()
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(m).map_err(|why| format!("messages[{i}]: {why}")))
+        .collect()
+}
+
+fn parse_message(value: Value) -> Result<MessageRequest, String> {
     let Value::Object(object) = value else {
         return Err(
             "body must be a JSON object such as {\"commands\": [[\"SET\", \"key\", \"value\"]]}"
@@ -210,6 +256,42 @@ async fn publish<B: Bus>(
             .into_response(),
         Err(err) => error_response(publish_status(&err), err.code(), err.to_string()),
     }
+}
+
+/// `POST /v1/publish/batch`: independent messages stored with one append; each has its own
+/// outcome, in order. Answers once every accepted message is durable.
+async fn publish_batch<B: Bus>(
+    State(state): State<ApiState<B>>,
+    body: Result<Body, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            crate::metrics::Refused { code: "too_large" }.emit();
+            return error_response(rejection.status(), "bad_body", rejection.body_text());
+        }
+    };
+    let requests = match parse_batch(&body) {
+        Ok(requests) => requests,
+        Err(message) => {
+            crate::metrics::Refused { code: "bad_json" }.emit();
+            return error_response(StatusCode::BAD_REQUEST, "bad_json", message);
+        }
+    };
+    let results = state.hub.publish_many(&requests).await;
+    if let Some(Err(err @ PublishError::Bus(_))) = results.iter().find(|r| r.is_err()) {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string());
+    }
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(receipt) => {
+                json!({ "id": receipt.id.to_string(), "version": receipt.version.to_string() })
+            }
+            Err(err) => json!({ "error": { "code": err.code(), "message": err.to_string() } }),
+        })
+        .collect();
+    (StatusCode::OK, Json(json!({ "results": results }))).into_response()
 }
 
 async fn healthz() -> Response {
