@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bus::nats::NatsConfig;
 use crate::clock::MAX_ORIGIN;
 use crate::command::Convergence;
 use crate::envelope::DEFAULT_MAX_MESSAGE_BYTES;
@@ -75,6 +76,26 @@ pub struct Config {
     /// The Redis-protocol listener; off unless the section is present.
     #[serde(default)]
     pub resp: Option<RespConfig>,
+    /// Which bus holds the topic and the queues: the embedded one (default) or NATS.
+    #[serde(default)]
+    pub bus: BusConfig,
+}
+
+/// `[bus]`: `kind = "embedded"` (default: SQLite in `data_dir`, one hub machine) or
+/// `kind = "nats"` with the keys of [`NatsConfig`] (a NATS JetStream server or cluster).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BusConfig {
+    /// The embedded SQLite bus in `data_dir` (it has no keys of its own).
+    Embedded {},
+    /// NATS JetStream.
+    Nats(NatsConfig),
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig::Embedded {}
+    }
 }
 
 /// `[http]`
@@ -204,6 +225,8 @@ pub struct RegionConfig {
     /// Region name: lower-case letters, digits, `-` and `_`. Appears in URLs and metrics.
     pub name: String,
     /// The region's Redis, e.g. `"redis://127.0.0.1:6379"` (`redis://:password@host:port/`).
+    /// Required unless `worker = "remote"`.
+    #[serde(default)]
     pub redis: String,
     /// Overrides `worker.concurrency` for this region.
     #[serde(default)]
@@ -333,6 +356,7 @@ impl Config {
                 })
                 .collect(),
             resp: None,
+            bus: BusConfig::default(),
         }
     }
 
@@ -386,7 +410,15 @@ impl Config {
                     ),
                 ));
             }
-            if let Err(err) = redis::Client::open(region.redis.as_str()) {
+            let remote = region.worker == WorkerPlacement::Remote;
+            if region.redis.is_empty() && remote {
+                // Its worker gets the Redis URL where it runs (`regis worker --redis`).
+            } else if region.redis.is_empty() {
+                return Err(invalid(
+                    &key("redis"),
+                    "missing: regis serve runs this region's worker and needs its Redis URL, e.g. \"redis://127.0.0.1:6379\" (or set worker = \"remote\")".into(),
+                ));
+            } else if let Err(err) = redis::Client::open(region.redis.as_str()) {
                 return Err(invalid(
                     &key("redis"),
                     format!(
@@ -458,6 +490,10 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.worker.batch_size) {
             return Err(invalid("worker.batch_size", "use 1 to 10000".into()));
+        }
+        if let BusConfig::Nats(nats) = &self.bus {
+            nats.check()
+                .map_err(|(key, problem)| invalid(&format!("bus.{key}"), problem))?;
         }
         if let Some(resp) = &self.resp {
             resp.check(self.max_message_bytes, &invalid)?;
@@ -553,6 +589,39 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_nats_keys_are_real_keys() {
+        // Switch the example to NATS and uncomment its [bus] keys: they must all parse.
+        let text = include_str!("../regis.example.toml");
+        let mut in_bus = false;
+        let switched: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with('[') {
+                    in_bus = line == "[bus]";
+                }
+                let uncommented = line.strip_prefix("# ").filter(|rest| {
+                    in_bus
+                        && rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' '))
+                });
+                match uncommented {
+                    Some(rest) => format!("{rest}\n"),
+                    None if line == "kind = \"embedded\"" => "kind = \"nats\"\n".to_string(),
+                    None => format!("{line}\n"),
+                }
+            })
+            .collect();
+        let config: Config = toml::from_str(&switched).unwrap();
+        let BusConfig::Nats(nats) = config.bus else {
+            panic!("the switched example uses NATS");
+        };
+        assert_eq!(nats.domain.as_deref(), Some("hub"));
+        assert!(nats.credentials.is_some() && nats.tls_key.is_some());
+        assert_eq!(nats.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
     fn the_example_file_parses() {
         let text = include_str!("../regis.example.toml");
         let c = parse(text).unwrap();
@@ -594,6 +663,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("port"), "{unknown}");
+    }
+
+    #[test]
+    fn the_bus_is_embedded_unless_nats_is_chosen() {
+        assert!(matches!(
+            parse(MINIMAL).unwrap().bus,
+            BusConfig::Embedded {}
+        ));
+        let embedded = parse(&format!("[bus]\nkind = \"embedded\"\n{MINIMAL}")).unwrap();
+        assert!(matches!(embedded.bus, BusConfig::Embedded {}));
+
+        let nats = parse(&format!(
+            "[bus]\nkind = \"nats\"\nurl = \"nats://10.0.0.1:4222\"\nstream = \"PROD\"\nreplicas = 3\n\
+             domain = \"hub\"\nrequest_timeout = \"2s\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let BusConfig::Nats(n) = nats.bus else {
+            panic!("kind = nats gives a NATS bus");
+        };
+        assert_eq!(
+            (
+                n.url.as_str(),
+                n.stream.as_str(),
+                n.replicas,
+                n.domain.as_deref()
+            ),
+            ("nats://10.0.0.1:4222", "PROD", 3, Some("hub"))
+        );
+        assert_eq!(n.request_timeout, Duration::from_secs(2));
+
+        let defaults = parse(&format!("[bus]\nkind = \"nats\"\n{MINIMAL}")).unwrap();
+        let BusConfig::Nats(d) = defaults.bus else {
+            panic!("kind = nats gives a NATS bus");
+        };
+        assert_eq!(
+            (d.url.as_str(), d.stream.as_str(), d.replicas, d.domain),
+            ("nats://127.0.0.1:4222", "REGIS", 1, None)
+        );
+        assert_eq!(d.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_bus_sections_say_where_and_what() {
+        let kind = parse(&format!("[bus]\nkind = \"kafka\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(kind.contains("kafka") && kind.contains("nats"), "{kind}");
+
+        let stray = parse(&format!("[bus]\nurl = \"nats://h:4222\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(stray.contains("kind"), "{stray}");
+
+        let embedded_url = parse(&format!(
+            "[bus]\nkind = \"embedded\"\nurl = \"nats://h:4222\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(embedded_url.contains("url"), "{embedded_url}");
+
+        let unknown = parse(&format!("[bus]\nkind = \"nats\"\nurls = \"x\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("urls"), "{unknown}");
+
+        let replicas = parse(&format!("[bus]\nkind = \"nats\"\nreplicas = 7\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(replicas.contains("`bus.replicas`"), "{replicas}");
+
+        let stream = parse(&format!(
+            "[bus]\nkind = \"nats\"\nstream = \"a.b\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(stream.contains("`bus.stream`"), "{stream}");
+    }
+
+    #[test]
+    fn remote_regions_need_no_redis_here() {
+        let remote = parse("[[regions]]\nname = \"mumbai\"\nworker = \"remote\"\n").unwrap();
+        assert_eq!(remote.regions[0].worker, WorkerPlacement::Remote);
+        assert!(remote.regions[0].redis.is_empty());
+
+        let no_redis = parse("[[regions]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_redis.contains("regions[0].redis") && no_redis.contains("missing"),
+            "{no_redis}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! * [`command`]: which commands are replicated; checking and canonicalizing them.
 //! * [`envelope`]: the message and its encoding on the bus.
 //! * [`bus`]: the bus traits (publish, consume/settle, dead letters, stats) and
-//!   [`bus::embedded`], the SQLite backend.
+//!   [`bus::embedded`], the SQLite backend, and [`bus::nats`], the NATS JetStream backend.
 //! * [`apply`]: applying batches to a region's Redis, raw (`none`) or as versioned
 //!   registers (`lww`), and sorting failures into transient and permanent.
 //! * [`worker`]: a region's consumers: lease, apply, settle, back off.
@@ -27,6 +27,7 @@
 //! * [`health`]: whether each region's Redis answers (worker reports and a probe).
 //! * [`peak_rss`]: a child process's peak memory, for benchmarks and tests.
 //! * [`redis_process`]: throwaway `redis-server`s for the demo, benchmarks and tests.
+//! * [`nats_process`]: throwaway `nats-server`s (JetStream) for benchmarks and tests.
 //! * [`snapshot`]: a region's whole data set as a comparable value.
 //! * [`verify`]: comparing regions key by key in bounded memory, and repairing drift.
 //! * [`cli`]: the `regis` command line.
@@ -43,6 +44,7 @@ pub mod hub;
 pub mod ingress;
 pub mod latency;
 pub mod metrics;
+pub mod nats_process;
 pub mod peak_rss;
 pub mod publisher;
 pub mod redis_process;

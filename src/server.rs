@@ -1,6 +1,7 @@
 //! `regis serve`: the hub's ingress, bus and a worker for every region, in one process.
 //!
-//! [`Server::start`] opens the bus, starts every region's worker and the HTTP listener and
+//! [`Server::start`] (embedded bus) or [`Server::start_nats`] (NATS) opens the bus, starts
+//! the worker of every region whose `worker` is not `"remote"` and the HTTP listener, and
 //! returns at once; [`Server::stop`] drains: the listener stops accepting, in-flight requests
 //! finish, workers finish and settle the batch in hand, the bus persists its progress. Tests
 //! start a server in-process on port 0 exactly as `regis serve` does.
@@ -12,8 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::Applier;
-use crate::bus::Bus;
 use crate::bus::embedded::{EmbeddedBus, StoreOptions};
+use crate::bus::nats::{NatsBus, NatsConfig, NatsOptions};
+use crate::bus::{Bus, BusError};
 use crate::config::{Config, WorkerPlacement};
 use crate::health::RedisHealth;
 use crate::hub::Hub;
@@ -57,20 +59,51 @@ pub enum StartError {
     Resp(#[from] RespStartError),
 }
 
+/// Opens the embedded bus in `config.data_dir` for every region of `config`.
+pub fn open_embedded(config: &Config) -> Result<EmbeddedBus, BusError> {
+    let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
+    EmbeddedBus::open(
+        &config.data_dir,
+        &regions,
+        StoreOptions {
+            visibility_timeout: config.delivery.visibility_timeout,
+            max_receives: config.delivery.max_receives,
+            dead_letter_retention: config.delivery.dead_letter_retention,
+        },
+    )
+}
+
+/// Connects to the NATS bus `nats` for every region of `config`.
+pub async fn connect_nats(config: &Config, nats: &NatsConfig) -> Result<NatsBus, BusError> {
+    let regions = config.regions.iter().map(|r| r.name.clone()).collect();
+    NatsBus::connect(nats, NatsOptions::from_config(config, regions)).await
+}
+
 impl Server<EmbeddedBus> {
     /// Starts a hub on the embedded bus described by `config`.
     pub async fn start(config: &Config) -> Result<Server<EmbeddedBus>, StartError> {
-        let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
-        let bus = EmbeddedBus::open(
-            &config.data_dir,
-            &regions,
-            StoreOptions {
-                visibility_timeout: config.delivery.visibility_timeout,
-                max_receives: config.delivery.max_receives,
-                dead_letter_retention: config.delivery.dead_letter_retention,
-            },
-        )?;
+        let bus = open_embedded(config)?;
         Server::start_with(config, bus).await
+    }
+}
+
+impl Server<NatsBus> {
+    /// Starts a hub on the NATS bus `nats`; the queues of regions no longer in `config` are
+    /// removed, as the embedded bus does.
+    pub async fn start_nats(
+        config: &Config,
+        nats: &NatsConfig,
+    ) -> Result<Server<NatsBus>, StartError> {
+        let bus = connect_nats(config, nats).await?;
+        bus.remove_unconfigured_regions().await?;
+        Server::start_with(config, bus).await
+    }
+
+    /// Drains and stops, then flushes the NATS connection.
+    pub async fn shutdown(self) {
+        let bus = self.bus.clone();
+        self.stop().await;
+        bus.close().await;
     }
 }
 

@@ -1,24 +1,63 @@
-//! End-to-end tests of the core replication path on the embedded bus: real `redis-server`s,
-//! a real hub, the real HTTP API.
+//! The contract suite: end-to-end tests of the replication path — real `redis-server`s, a
+//! real hub, the real HTTP API — run once per bus backend. Every test of the contract is an
+//! `async fn(Backend)` listed in [`contract_suite!`], which instantiates it as
+//! `embedded::<name>` and `nats::<name>` (the NATS ones on a `nats-server` of their own).
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+use regis::apply::{Applier, RegionRedis};
 use regis::bus::embedded::{EmbeddedBus, StoreOptions};
-use regis::bus::{Consume, DeadLetters, Publish, Settle, Stats};
+use regis::bus::{Consume, DeadLetters, Publish, Selection, Settle, Stats};
 use regis::command::Convergence;
+use regis::envelope::Envelope;
 use regis::hub::{Hub, MessageRequest};
 use regis::redis_process::free_port;
 use regis::snapshot::{Entry, Snapshot};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_over_http_applies_in_every_region() {
+/// Instantiates every contract test once per backend.
+macro_rules! contract_suite {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Nats).await
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    publish_over_http_applies_in_every_region,
+    a_region_down_while_publishing_gets_everything_when_it_returns,
+    a_poison_message_is_dead_lettered_while_the_others_are_applied_and_can_be_redriven,
+    a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_timeout,
+    retries_never_dead_letter_but_a_worker_crashing_on_a_message_does,
+    messages_appended_together_are_settled_one_by_one,
+    a_poison_message_inside_a_producers_batch_is_dead_lettered_alone,
+    regions_converge_although_messages_are_applied_again_out_of_order,
+    kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing,
+    bad_input_gets_a_clear_error_and_publishes_nothing,
+    serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id,
+);
+
+async fn publish_over_http_applies_in_every_region(backend: Backend) {
     let regions = regions(2);
-    let data = tempfile::tempdir().unwrap();
-    let hub = start_hub(&config(data.path(), &regions)).await;
+    let env = Env::new(backend);
+    let hub = env.start_hub(&env.config(&regions)).await;
     let addr = hub.http_addr();
 
     publish(addr, json!([["SET", "greeting", "hello"]]))
@@ -89,14 +128,13 @@ async fn publish_over_http_applies_in_every_region() {
         );
         assert_eq!(snap.len(), 7, "{snap}");
     }
-    hub.shutdown().await;
+    shutdown(hub).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_region_down_while_publishing_gets_everything_when_it_returns() {
+async fn a_region_down_while_publishing_gets_everything_when_it_returns(backend: Backend) {
     let mut regions = regions(2);
-    let data = tempfile::tempdir().unwrap();
-    let hub = start_hub(&config(data.path(), &regions)).await;
+    let env = Env::new(backend);
+    let hub = env.start_hub(&env.config(&regions)).await;
     let addr = hub.http_addr();
 
     for i in 0..50 {
@@ -148,16 +186,17 @@ async fn a_region_down_while_publishing_gets_everything_when_it_returns() {
         Entry::String(b"during-159".to_vec())
     );
     assert_converges(&regions, &expected, Duration::from_secs(5)).await;
-    hub.shutdown().await;
+    shutdown(hub).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_message_is_dead_lettered_while_the_others_are_applied() {
+async fn a_poison_message_is_dead_lettered_while_the_others_are_applied_and_can_be_redriven(
+    backend: Backend,
+) {
     let regions = regions(2);
     // In region 0 the key is a string, written there directly: an HSET on it is poison there.
     redis_cmd(&regions[0], &["SET", "profile", "not-a-hash"]).await;
-    let data = tempfile::tempdir().unwrap();
-    let hub = start_hub(&config(data.path(), &regions)).await;
+    let env = Env::new(backend);
+    let hub = env.start_hub(&env.config(&regions)).await;
     let addr = hub.http_addr();
 
     publish(addr, json!([["SET", "before", "1"]]))
@@ -214,24 +253,76 @@ async fn a_poison_message_is_dead_lettered_while_the_others_are_applied() {
         "the other region applied it"
     );
     assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
-    hub.shutdown().await;
+
+    // The dead letter can be shown by id, and nothing else is there.
+    let id = letters[0].id;
+    let shown = hub.bus().get("r0", id).await.unwrap().expect("shown by id");
+    assert_eq!((shown.id, shown.attempts), (id, 3));
+    assert!(shown.first_failure_ms <= shown.last_failure_ms && shown.published_at_ms > 0);
+    let decoded = Envelope::decode(&shown.body).expect("the original message is kept");
+    assert_eq!(decoded.id, id);
+    assert!(hub.bus().get("r1", id).await.unwrap().is_none());
+
+    // Once the region is repaired, a redrive applies it there with a fresh receive count.
+    redis_cmd(&regions[0], &["DEL", "profile"]).await;
+    let unknown = regis::envelope::MessageId::new();
+    assert_eq!(
+        hub.bus()
+            .redrive("r0", Selection::Ids(vec![unknown, id]))
+            .await
+            .unwrap(),
+        1,
+        "unknown ids are skipped"
+    );
+    let applied = eventually(Duration::from_secs(20), || async {
+        let snap = snapshot(&regions[0]).await;
+        snap.keys.get(b"profile".as_slice()).map(|e| &e.0)
+            == Some(&Entry::Hash(vec![(b"name".to_vec(), b"Ana".to_vec())]))
+            && snap.keys.contains_key(b"same-message".as_slice())
+    })
+    .await;
+    assert!(applied, "the redriven message is applied in r0");
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+    assert!(hub.bus().list("r0", 10).await.unwrap().is_empty());
+    assert_eq!(hub.bus().stats().await.unwrap()[0].dead_letters, 0);
+    let expected = snapshot(&regions[1]).await;
+    assert_converges(&regions, &expected, Duration::from_secs(10)).await;
+
+    // Purge: by id, then everything.
+    redis_cmd(&regions[0], &["SET", "poison2", "string"]).await;
+    redis_cmd(&regions[0], &["SET", "poison3", "string"]).await;
+    let second = publish(addr, json!([["SADD", "poison2", "x"]]))
+        .await
+        .unwrap();
+    publish(addr, json!([["SADD", "poison3", "x"]]))
+        .await
+        .unwrap();
+    let both = eventually(Duration::from_secs(20), || async {
+        hub.bus().stats().await.unwrap()[0].dead_letters == 2
+    })
+    .await;
+    assert!(both, "{:?}", hub.bus().stats().await.unwrap());
+    let second = second.parse().unwrap();
+    assert_eq!(
+        hub.bus()
+            .purge("r0", Selection::Ids(vec![second]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(hub.bus().get("r0", second).await.unwrap().is_none());
+    assert_eq!(hub.bus().purge("r0", Selection::All).await.unwrap(), 1);
+    assert_eq!(hub.bus().stats().await.unwrap()[0].dead_letters, 0);
+    assert_eq!(hub.bus().redrive("r0", Selection::All).await.unwrap(), 0);
+    shutdown(hub).await;
 }
 
 /// A consumer that leases messages and dies without settling them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_timeout() {
-    let data = tempfile::tempdir().unwrap();
-    let regions = vec!["r0".to_string()];
-    let bus = EmbeddedBus::open(
-        data.path(),
-        &regions,
-        StoreOptions {
-            visibility_timeout: Duration::from_millis(500),
-            max_receives: 5,
-            dead_letter_retention: Duration::from_secs(3600),
-        },
-    )
-    .unwrap();
+async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_timeout(
+    backend: Backend,
+) {
+    let env = Env::new(backend);
+    let bus = env.bus_with(&["r0"], Duration::from_millis(500), 5).await;
     let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
         .await
         .unwrap();
@@ -297,23 +388,19 @@ async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_t
     bus.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_hub_loses_nothing_acknowledged() {
+async fn kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing(backend: Backend) {
     let mut regions = regions(2);
-    let data = tempfile::tempdir().unwrap();
+    let env = Env::new(backend);
     let port = free_port().unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let path = write_config(
-        data.path(),
-        &config(&data.path().join("bus"), &regions),
-        port,
-    );
-    // Region 1 is down, so its whole share is still on the hub's disk when the hub dies.
+    let path = write_config(env.data.path(), &env.config(&regions), port);
+    // Region 1 is down, so its whole share is still on the bus when the hub dies.
     regions[1].shutdown_saving();
     let mut serve = ServeProcess::start(&path, addr).await;
     let mut acked = Vec::new();
+    let mut last_version = 0u64;
     for i in 0..300 {
-        publish(
+        let answer = publish_answer(
             addr,
             json!([
                 ["SET", format!("key{i}"), format!("value{i}")],
@@ -322,12 +409,22 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged() {
         )
         .await
         .unwrap();
+        last_version = version_of(&answer);
         acked.push(i);
     }
     serve.kill_9();
 
     regions[1].restart().unwrap();
     let serve = ServeProcess::start(&path, addr).await;
+    // The restarted hub's clock starts above every version it issued before.
+    let after = publish_answer(addr, json!([["SET", "after-restart", "1"]]))
+        .await
+        .unwrap();
+    assert!(
+        version_of(&after) > last_version,
+        "version {} after the restart is not above {last_version}",
+        version_of(&after)
+    );
     let ok = eventually(Duration::from_secs(30), || async {
         let mut all = true;
         for region in &regions {
@@ -338,6 +435,7 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged() {
             });
             all &= snap.keys.get(b"acked".as_slice()).map(|e| &e.0)
                 == Some(&Entry::String(b"300".to_vec()));
+            all &= snap.keys.contains_key(b"after-restart".as_slice());
         }
         all
     })
@@ -349,13 +447,384 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged() {
     drop(serve);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
+/// Messages settled with `Retry` come back however often; a message whose lease expires
+/// unsettled once it has been received `max_receives` times (a worker crashing on it) is
+/// dead-lettered by the bus itself, with its attempts and the reason.
+async fn retries_never_dead_letter_but_a_worker_crashing_on_a_message_does(backend: Backend) {
+    let env = Env::new(backend);
+    let bus = env.bus_with(&["r0"], Duration::from_millis(500), 3).await;
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+        .await
+        .unwrap();
+    let request = MessageRequest {
+        commands: vec![vec!["SET".into(), "k".into(), "v".into()]],
+        db: 0,
+    };
+    let published = hub.publish(&request).await.unwrap();
+
+    // Twice max_receives retries (a Redis outage): still delivered every time.
+    for attempt in 1..=6u32 {
+        let got = bus.receive("r0", 10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].receive_count, attempt);
+        bus.settle(
+            "r0",
+            vec![(
+                got[0].receipt.clone(),
+                Settle::Retry {
+                    after: Duration::ZERO,
+                    reason: format!("outage {attempt}"),
+                },
+            )],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(bus.stats().await.unwrap()[0].dead_letters, 0);
+
+    // Leased once more and never settled: the worker died applying it.
+    let crashed = bus.receive("r0", 10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(crashed.len(), 1);
+    assert_eq!(crashed[0].receive_count, 7);
+    let after_expiry = bus.receive("r0", 10, Duration::from_secs(3)).await.unwrap();
+    assert!(
+        after_expiry.is_empty(),
+        "an expired lease past max_receives is not delivered again: {:?}",
+        after_expiry
+            .iter()
+            .map(|d| d.receive_count)
+            .collect::<Vec<_>>()
+    );
+    let dead = eventually(Duration::from_secs(5), || async {
+        bus.stats().await.unwrap()[0].dead_letters == 1
+    })
+    .await;
+    assert!(dead, "{:?}", bus.stats().await.unwrap());
+    let letter = bus
+        .get("r0", published.id)
+        .await
+        .unwrap()
+        .expect("dead-lettered");
+    assert_eq!(letter.attempts, 7);
+    assert!(
+        letter.last_error.contains("visibility timeout"),
+        "{}",
+        letter.last_error
+    );
+    let stats = bus.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].in_flight), (0, 0));
+
+    // A message whose worker crashes from its first delivery on dies after max_receives.
+    let second = hub.publish(&request).await.unwrap();
+    for attempt in 1..=3u32 {
+        let got = bus.receive("r0", 10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].receive_count, attempt);
+    }
+    assert!(
+        bus.receive("r0", 10, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let letter = bus
+        .get("r0", second.id)
+        .await
+        .unwrap()
+        .expect("dead-lettered");
+    assert_eq!(letter.attempts, 3);
+    bus.close().await;
+}
+
+/// Receives until `n` deliveries are in hand or `timeout` passes.
+async fn receive_at_least(
+    bus: &AnyBus,
+    region: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<regis::bus::Delivery> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < n && std::time::Instant::now() < deadline {
+        got.extend(
+            bus.receive(region, 10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    got
+}
+
+/// Messages appended in one call (a producer's batch; on NATS one stored message) are still
+/// leased and settled one by one, in as many settle calls as the consumer likes.
+async fn messages_appended_together_are_settled_one_by_one(backend: Backend) {
+    let env = Env::new(backend);
+    let bus = env.bus_with(&["r0"], Duration::from_secs(5), 3).await;
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+        .await
+        .unwrap();
+    let requests: Vec<MessageRequest> = (0..6)
+        .map(|i| MessageRequest {
+            commands: vec![vec!["SET".into(), format!("k{i}").into(), "v".into()]],
+            db: 0,
+        })
+        .collect();
+    let ids: Vec<_> = hub
+        .publish_many(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().id)
+        .collect();
+    let id_of = |d: &regis::bus::Delivery| Envelope::decode(&d.body).unwrap().id;
+
+    let got = receive_at_least(&bus, "r0", 6, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 6);
+    let mut by_id: Vec<_> = got.iter().map(|d| (id_of(d), d.receipt.clone())).collect();
+    by_id.sort_by_key(|(id, _)| ids.iter().position(|i| i == id).unwrap());
+    let receipt = |i: usize| by_id[i].1.clone();
+    let retry = |reason: &str| Settle::Retry {
+        after: Duration::ZERO,
+        reason: reason.into(),
+    };
+
+    // Two settle calls: some now, the rest later, one of them repeated.
+    bus.settle(
+        "r0",
+        vec![(receipt(0), Settle::Ack), (receipt(2), retry("once"))],
+    )
+    .await
+    .unwrap();
+    bus.settle(
+        "r0",
+        vec![
+            (receipt(1), Settle::Ack),
+            (receipt(0), Settle::Ack),
+            (
+                receipt(3),
+                Settle::DeadLetter {
+                    reason: "poison".into(),
+                },
+            ),
+            (receipt(4), Settle::Ack),
+            (receipt(5), retry("twice")),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // Only the two retried come back, each with its second receive.
+    let again = receive_at_least(&bus, "r0", 2, Duration::from_secs(5)).await;
+    assert_eq!(again.len(), 2);
+    let mut back_ids: Vec<_> = again.iter().map(id_of).collect();
+    back_ids.sort();
+    let mut expected = vec![ids[2], ids[5]];
+    expected.sort();
+    assert_eq!(back_ids, expected);
+    assert!(again.iter().all(|d| d.receive_count == 2));
+    let letter = bus.get("r0", ids[3]).await.unwrap().expect("dead-lettered");
+    assert_eq!((letter.attempts, letter.last_error.as_str()), (1, "poison"));
+
+    bus.settle(
+        "r0",
+        again
+            .iter()
+            .map(|d| (d.receipt.clone(), Settle::Ack))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        bus.receive("r0", 10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing comes back once every message is settled"
+    );
+    let drained_now = eventually(Duration::from_secs(5), || async {
+        let stats = bus.stats().await.unwrap();
+        (stats[0].depth, stats[0].in_flight, stats[0].dead_letters) == (0, 0, 1)
+    })
+    .await;
+    assert!(drained_now, "{:?}", bus.stats().await.unwrap());
+    bus.close().await;
+}
+
+/// The end-to-end form: a producer's batch with one poison message in it.
+async fn a_poison_message_inside_a_producers_batch_is_dead_lettered_alone(backend: Backend) {
+    let regions = regions(2);
+    redis_cmd(&regions[0], &["SET", "profile", "not-a-hash"]).await;
+    let env = Env::new(backend);
+    let hub = env.start_hub(&env.config(&regions)).await;
+    let requests: Vec<MessageRequest> = (0..50)
+        .map(|i| MessageRequest {
+            commands: if i == 20 {
+                vec![vec![
+                    "HSET".into(),
+                    "profile".into(),
+                    "name".into(),
+                    "Ana".into(),
+                ]]
+            } else {
+                vec![
+                    vec!["SET".into(), format!("b{i}").into(), format!("v{i}").into()],
+                    vec!["INCR".into(), "n".into()],
+                ]
+            },
+            db: 0,
+        })
+        .collect();
+    let published: Vec<_> = hub
+        .hub()
+        .publish_many(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let dead = eventually(Duration::from_secs(20), || async {
+        hub.bus().stats().await.unwrap()[0].dead_letters == 1
+    })
+    .await;
+    assert!(dead, "{:?}", hub.bus().stats().await.unwrap());
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+    let letters = hub.bus().list("r0", 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, published[20].id);
+    assert_eq!(letters[0].attempts, 3);
+    for (i, region) in regions.iter().enumerate() {
+        let snap = snapshot(region).await;
+        assert_eq!(
+            snap.keys[b"n".as_slice()].0,
+            Entry::String(b"49".to_vec()),
+            "region {i}: every other message of the batch applied exactly once"
+        );
+        assert!((0..50).filter(|i| *i != 20).all(|i| {
+            snap.keys.get(format!("b{i}").as_bytes()).map(|e| &e.0)
+                == Some(&Entry::String(format!("v{i}").into_bytes()))
+        }));
+    }
+    assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+    shutdown(hub).await;
+}
+
+/// Messages applied by a consumer that then dies are applied again after the visibility
+/// timeout, after newer messages: duplicates and reordering must not change the end state.
+async fn regions_converge_although_messages_are_applied_again_out_of_order(backend: Backend) {
+    let regions = regions(2);
+    let env = Env::new(backend);
+    let mut config = env.config(&regions);
+    config.delivery.visibility_timeout = Duration::from_secs(1);
+    config.delivery.max_receives = 5;
+    config.worker.redis_timeout = Duration::from_millis(500);
+    let hub = env.start_hub(&config).await;
+    let addr = hub.http_addr();
+
+    // A consumer of region 1 that applies every first delivery it gets and never settles it.
+    let bus = hub.bus().clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let crashing = {
+        let stop = stop.clone();
+        let url = regions[1].url();
+        tokio::spawn(async move {
+            let applier = Applier::new(Convergence::Lww, Duration::from_secs(3600));
+            let mut redis = RegionRedis::new(&url, Duration::from_secs(1)).unwrap();
+            let mut abandoned = 0usize;
+            while !stop.is_cancelled() {
+                let got = bus
+                    .receive("r1", 8, Duration::from_millis(50))
+                    .await
+                    .unwrap();
+                let (first, again): (Vec<_>, Vec<_>) =
+                    got.into_iter().partition(|d| d.receive_count == 1);
+                let envelopes: Vec<Envelope> = first
+                    .iter()
+                    .map(|d| Envelope::decode(&d.body).unwrap())
+                    .collect();
+                if !envelopes.is_empty() {
+                    applier.apply(&mut redis, &envelopes).await.unwrap();
+                    abandoned += envelopes.len();
+                }
+                // Later deliveries go back at once, settled, so none expires twice.
+                let back = again
+                    .into_iter()
+                    .map(|d| {
+                        (
+                            d.receipt,
+                            Settle::Retry {
+                                after: Duration::ZERO,
+                                reason: "not mine".into(),
+                            },
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                bus.settle("r1", back).await.unwrap();
+            }
+            abandoned
+        })
+    };
+
+    let n = 300usize;
+    for i in 0..n {
+        let mut commands = vec![
+            json!(["SET", format!("k{}", i % 7), format!("v{i}")]),
+            json!(["HSET", "h", format!("f{}", i % 5), format!("v{i}")]),
+            json!(["INCR", "n"]),
+            json!(["ZADD", "z", i, format!("m{}", i % 3)]),
+        ];
+        if i % 50 == 49 {
+            commands.push(json!(["DEL", "k0"]));
+        }
+        publish(addr, json!(commands)).await.unwrap();
+    }
+    stop.cancel();
+    let abandoned = crashing.await.unwrap();
+    assert!(
+        abandoned > 0,
+        "the crashing consumer took no message: nothing was redelivered"
+    );
+    assert!(
+        drained(hub.bus(), Duration::from_secs(60)).await,
+        "{:?}",
+        hub.bus().stats().await.unwrap()
+    );
+    let stats = hub.bus().stats().await.unwrap();
+    assert_eq!(stats[1].dead_letters, 0, "{stats:?}");
+
+    let expected = snapshot(&regions[0]).await;
+    let last = |m: usize| (0..n).rev().find(|i| i % m == 0).unwrap();
+    assert_eq!(
+        expected.keys[b"n".as_slice()].0,
+        Entry::String(n.to_string().into_bytes())
+    );
+    // k0 is set every 7th message and deleted every 50th: whichever came last wins.
+    let k0_set = (0..n).rev().find(|i| i % 7 == 0).unwrap();
+    let k0_del = (0..n).rev().find(|i| i % 50 == 49).unwrap();
+    if k0_del > k0_set {
+        assert!(!expected.keys.contains_key(b"k0".as_slice()));
+    } else {
+        assert_eq!(
+            expected.keys[b"k0".as_slice()].0,
+            Entry::String(format!("v{k0_set}").into_bytes())
+        );
+    }
+    let k3 = (0..n).rev().find(|i| i % 7 == 3).unwrap();
+    assert_eq!(
+        expected.keys[b"k3".as_slice()].0,
+        Entry::String(format!("v{k3}").into_bytes())
+    );
+    let Entry::ZSet(z) = &expected.keys[b"z".as_slice()].0 else {
+        panic!("z is a sorted set");
+    };
+    assert!(z.contains(&(b"m0".to_vec(), last(3) as f64)), "{z:?}");
+    assert_converges(&regions, &expected, Duration::from_secs(10)).await;
+    shutdown(hub).await;
+}
+
+async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
     let regions = regions(1);
-    let data = tempfile::tempdir().unwrap();
-    let mut config = config(data.path(), &regions);
+    let env = Env::new(backend);
+    let mut config = env.config(&regions);
     config.max_message_bytes = 4096;
-    let hub = start_hub(&config).await;
+    let hub = env.start_hub(&config).await;
     let addr = hub.http_addr();
 
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
@@ -448,20 +917,15 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
             .collect::<Vec<_>>(),
         vec!["marker"]
     );
-    hub.shutdown().await;
+    shutdown(hub).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id() {
+async fn serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id(backend: Backend) {
     let regions = regions(1);
-    let data = tempfile::tempdir().unwrap();
+    let env = Env::new(backend);
     let port = free_port().unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let path = write_config(
-        data.path(),
-        &config(&data.path().join("bus"), &regions),
-        port,
-    );
+    let path = write_config(env.data.path(), &env.config(&regions), port);
     let mut serve = ServeProcess::start(&path, addr).await;
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
@@ -551,7 +1015,8 @@ fn the_demo_runs_and_exits_zero() {
     assert!(stdout.contains("identical"), "{stdout}");
 }
 
-/// Settled messages are collected: the topic empties and the file stops growing.
+/// Settled messages are collected: the topic empties and the file stops growing. (Embedded
+/// only: its file; `tests/nats.rs` checks the NATS topic empties.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_messages_are_collected_so_the_file_does_not_grow() {
     let data = tempfile::tempdir().unwrap();

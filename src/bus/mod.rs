@@ -16,6 +16,7 @@
 //! The backend is chosen once at start-up and used through static dispatch.
 
 pub mod embedded;
+pub mod nats;
 
 use std::fmt;
 use std::future::Future;

@@ -11,6 +11,10 @@
 //!    `--batch` messages per append), until both regions applied everything;
 //! 3. **fixed rate**: `--rate` messages per second for `--duration`, reporting each region's
 //!    publish→applied latency.
+//!
+//! Runs 2 and 3 are repeated for every bus of `--bus` (`embedded`, `nats` or both, in one
+//! run, side by side); for `nats` the benchmark starts its own `nats-server` with JetStream
+//! on a temporary store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,12 +25,13 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
 
-use crate::bus::Stats;
-use crate::bus::embedded::EmbeddedBus;
+use crate::bus::Bus;
+use crate::bus::nats::NatsConfig;
 use crate::command::Convergence;
 use crate::config::Config;
 use crate::hub::MessageRequest;
 use crate::latency::LatencySummary;
+use crate::nats_process::NatsProcess;
 use crate::redis_process::RedisProcess;
 use crate::server::Server;
 
@@ -79,6 +84,36 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The buses to measure, comma-separated: `embedded`, `nats` (starts its own
+    /// nats-server), or both for a side-by-side comparison.
+    #[arg(long, value_delimiter = ',', default_value = "embedded")]
+    pub bus: Vec<BusChoice>,
+}
+
+/// A bus `regis bench` can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusChoice {
+    /// The embedded SQLite bus.
+    Embedded,
+    /// NATS JetStream, on a nats-server the benchmark starts.
+    Nats,
+}
+
+impl std::fmt::Display for BusChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BusChoice::Embedded => "embedded",
+            BusChoice::Nats => "nats",
+        })
+    }
+}
+
+/// What one bus achieved.
+struct BusResult {
+    bus: BusChoice,
+    saturation: f64,
+    saturation_latency: LatencySummary,
+    fixed: LatencySummary,
 }
 
 fn parse_convergence(s: &str) -> Result<Convergence, String> {
@@ -150,20 +185,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let direct = direct_fan_out(&urls, &workload, args.messages, args.batch).await?;
     flush(&urls).await?;
 
-    eprintln!(
-        "[2/3] regis at saturation: {} messages, {} producers, {} per append ...",
-        args.messages, args.producers, args.batch
-    );
-    let (saturation, saturation_latency) = saturation(&args, &urls, &workload).await?;
-    flush(&urls).await?;
+    let mut buses: Vec<BusChoice> = Vec::new();
+    for bus in &args.bus {
+        if !buses.contains(bus) {
+            buses.push(*bus);
+        }
+    }
+    let mut results = Vec::new();
+    for bus in buses {
+        eprintln!(
+            "[2/3] regis on the {bus} bus at saturation: {} messages, {} producers, {} per append ...",
+            args.messages, args.producers, args.batch
+        );
+        let (saturation, saturation_latency) = saturation(&args, bus, &urls, &workload).await?;
+        flush(&urls).await?;
+        eprintln!(
+            "[3/3] regis on the {bus} bus at {} messages/s for {:?} ...",
+            args.rate, args.duration
+        );
+        let fixed = fixed_rate(&args, bus, &urls, &workload).await?;
+        flush(&urls).await?;
+        results.push(BusResult {
+            bus,
+            saturation,
+            saturation_latency,
+            fixed,
+        });
+    }
 
-    eprintln!(
-        "[3/3] regis at {} messages/s for {:?} ...",
-        args.rate, args.duration
-    );
-    let fixed = fixed_rate(&args, &urls, &workload).await?;
-
-    let ratio = saturation / direct;
+    // With one bus the rows read as they always did; with several, each names its bus.
+    let label = |bus: BusChoice| {
+        if results.len() > 1 {
+            format!("regis {} on {bus}", args.convergence)
+        } else {
+            format!("regis {}", args.convergence)
+        }
+    };
     println!();
     println!("| run | throughput (writes/s) | ratio to direct | publish→applied p50 | p99 | max |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -171,20 +228,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| direct fan-out, pipelined ({} regions) | {:.0} | 1.00 | – | – | – |",
         args.regions, direct
     );
-    println!(
-        "| regis {}, saturation | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms |",
-        args.convergence,
-        saturation,
-        ratio,
-        saturation_latency.p50_ms,
-        saturation_latency.p99_ms,
-        saturation_latency.max_ms
-    );
-    println!(
-        "| regis {}, {} msg/s offered | {:.0} | – | {:.2} ms | {:.2} ms | {:.2} ms |",
-        args.convergence, args.rate, fixed.rate_per_sec, fixed.p50_ms, fixed.p99_ms, fixed.max_ms
-    );
+    for r in &results {
+        println!(
+            "| {}, saturation | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            label(r.bus),
+            r.saturation,
+            r.saturation / direct,
+            r.saturation_latency.p50_ms,
+            r.saturation_latency.p99_ms,
+            r.saturation_latency.max_ms
+        );
+    }
+    for r in &results {
+        println!(
+            "| {}, {} msg/s offered | {:.0} | – | {:.2} ms | {:.2} ms | {:.2} ms |",
+            label(r.bus),
+            args.rate,
+            r.fixed.rate_per_sec,
+            r.fixed.p50_ms,
+            r.fixed.p99_ms,
+            r.fixed.max_ms
+        );
+    }
+    let embedded = results.iter().find(|r| r.bus == BusChoice::Embedded);
+    let nats = results.iter().find(|r| r.bus == BusChoice::Nats);
+    if let (Some(embedded), Some(nats)) = (embedded, nats) {
+        println!();
+        println!(
+            "NATS / embedded saturation throughput: {:.2}",
+            nats.saturation / embedded.saturation
+        );
+    }
     if let Some(path) = &args.json {
+        let by_bus: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                (
+                    r.bus.to_string(),
+                    json!({
+                        "saturation_writes_per_sec": r.saturation,
+                        "saturation_ratio": r.saturation / direct,
+                        "saturation_latency": r.saturation_latency,
+                        "fixed_rate": { "offered_per_sec": args.rate, "duration_secs": args.duration.as_secs_f64(), "latency": r.fixed },
+                    }),
+                )
+            })
+            .collect();
+        let first = &results[0];
         let report = json!({
             "regions": args.regions,
             "value_size": args.value_size,
@@ -192,10 +282,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "messages": args.messages,
             "convergence": args.convergence.to_string(),
             "direct_writes_per_sec": direct,
-            "saturation_writes_per_sec": saturation,
-            "saturation_ratio": ratio,
-            "saturation_latency": saturation_latency,
-            "fixed_rate": { "offered_per_sec": args.rate, "duration_secs": args.duration.as_secs_f64(), "latency": fixed },
+            "saturation_writes_per_sec": first.saturation,
+            "saturation_ratio": first.saturation / direct,
+            "saturation_latency": first.saturation_latency,
+            "fixed_rate": { "offered_per_sec": args.rate, "duration_secs": args.duration.as_secs_f64(), "latency": first.fixed },
+            "buses": by_bus,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -249,11 +340,8 @@ async fn direct_fan_out(
     Ok(messages as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn start_hub(
-    args: &BenchArgs,
-    urls: &[String],
-    data: &std::path::Path,
-) -> anyhow::Result<Server<EmbeddedBus>> {
+/// The hub's config for the benchmark's regions.
+fn hub_config(args: &BenchArgs, urls: &[String], data: &std::path::Path) -> Config {
     let names: Vec<(String, String)> = urls
         .iter()
         .enumerate()
@@ -263,10 +351,10 @@ async fn start_hub(
     let mut config = Config::with_regions(data.to_path_buf(), &named);
     config.convergence = args.convergence;
     config.worker.batch_size = args.batch.max(64);
-    Ok(Server::start(&config).await?)
+    config
 }
 
-async fn wait_drained(server: &Server<EmbeddedBus>) -> anyhow::Result<()> {
+async fn wait_drained<B: Bus>(server: &Server<B>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let stats = server.bus().stats().await?;
@@ -280,7 +368,7 @@ async fn wait_drained(server: &Server<EmbeddedBus>) -> anyhow::Result<()> {
     }
 }
 
-fn worst(server: &Server<EmbeddedBus>) -> LatencySummary {
+fn worst<B: Bus>(server: &Server<B>) -> LatencySummary {
     server
         .regions()
         .iter()
@@ -289,14 +377,88 @@ fn worst(server: &Server<EmbeddedBus>) -> LatencySummary {
         .unwrap_or_default()
 }
 
+/// Which measurement to run on a started hub.
+#[derive(Clone, Copy)]
+enum Run {
+    Saturation,
+    FixedRate,
+}
+
+/// Starts a hub on `bus` (and for NATS its nats-server), measures, stops everything.
+async fn on_bus(
+    args: &BenchArgs,
+    bus: BusChoice,
+    urls: &[String],
+    workload: &Arc<Workload>,
+    run: Run,
+) -> anyhow::Result<(f64, LatencySummary)> {
+    let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
+    let config = hub_config(args, urls, data.path());
+    match bus {
+        BusChoice::Embedded => {
+            let server = Server::start(&config).await?;
+            let result = measure(args, &server, workload, run).await;
+            server.shutdown().await;
+            result
+        }
+        BusChoice::Nats => {
+            let nats = NatsProcess::start().context("cannot start nats-server for the NATS bus")?;
+            let server = Server::start_nats(
+                &config,
+                &NatsConfig {
+                    url: nats.url(),
+                    ..NatsConfig::default()
+                },
+            )
+            .await?;
+            let result = measure(args, &server, workload, run).await;
+            server.shutdown().await;
+            drop(nats);
+            result
+        }
+    }
+}
+
+async fn measure<B: Bus>(
+    args: &BenchArgs,
+    server: &Server<B>,
+    workload: &Arc<Workload>,
+    run: Run,
+) -> anyhow::Result<(f64, LatencySummary)> {
+    match run {
+        Run::Saturation => saturate(args, server, workload).await,
+        Run::FixedRate => {
+            let summary = offer(args, server, workload).await?;
+            Ok((summary.rate_per_sec, summary))
+        }
+    }
+}
+
 /// Writes/s end to end (published durably and applied in every region).
 async fn saturation(
     args: &BenchArgs,
+    bus: BusChoice,
     urls: &[String],
     workload: &Arc<Workload>,
 ) -> anyhow::Result<(f64, LatencySummary)> {
-    let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
-    let server = start_hub(args, urls, data.path()).await?;
+    on_bus(args, bus, urls, workload, Run::Saturation).await
+}
+
+/// Latency at a fixed offered load: the worst region's figures.
+async fn fixed_rate(
+    args: &BenchArgs,
+    bus: BusChoice,
+    urls: &[String],
+    workload: &Arc<Workload>,
+) -> anyhow::Result<LatencySummary> {
+    Ok(on_bus(args, bus, urls, workload, Run::FixedRate).await?.1)
+}
+
+async fn saturate<B: Bus>(
+    args: &BenchArgs,
+    server: &Server<B>,
+    workload: &Arc<Workload>,
+) -> anyhow::Result<(f64, LatencySummary)> {
     let started = Instant::now();
     let per_producer = args.messages.div_ceil(args.producers);
     let mut tasks = tokio::task::JoinSet::new();
@@ -325,21 +487,16 @@ async fn saturation(
     while let Some(result) = tasks.join_next().await {
         result??;
     }
-    wait_drained(&server).await?;
+    wait_drained(server).await?;
     let rate = args.messages as f64 / started.elapsed().as_secs_f64();
-    let latency = worst(&server);
-    server.shutdown().await;
-    Ok((rate, latency))
+    Ok((rate, worst(server)))
 }
 
-/// Latency at a fixed offered load: the worst region's figures.
-async fn fixed_rate(
+async fn offer<B: Bus>(
     args: &BenchArgs,
-    urls: &[String],
+    server: &Server<B>,
     workload: &Arc<Workload>,
 ) -> anyhow::Result<LatencySummary> {
-    let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
-    let server = start_hub(args, urls, data.path()).await?;
     let hub = server.hub().clone();
     let started = Instant::now();
     let mut sent = 0usize;
@@ -363,9 +520,8 @@ async fn fixed_rate(
     while let Some(done) = inflight.join_next().await {
         done??;
     }
-    wait_drained(&server).await?;
-    let mut summary = worst(&server);
+    wait_drained(server).await?;
+    let mut summary = worst(server);
     summary.rate_per_sec = sent as f64 / args.duration.as_secs_f64();
-    server.shutdown().await;
     Ok(summary)
 }

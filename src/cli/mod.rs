@@ -14,6 +14,7 @@ mod client;
 mod dlq;
 mod status;
 mod verify;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -85,6 +86,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Measure `regis verify` over two regions of many keys (see BENCHMARKS.md).
     BenchVerify(bench_verify::BenchVerifyArgs),
+    /// Run one region's worker in the region, against a NATS bus (bus.kind = "nats").
+    Worker(worker::WorkerArgs),
 }
 
 /// Ends `regis` with this exit status; the command has already said why.
@@ -104,5 +107,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Verify(args) => verify::run(args).await,
         Command::BenchVerify(args) => bench_verify::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
     }
 }

@@ -4,21 +4,50 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::bus::Bus;
+use crate::config::{BusConfig, Config};
 use crate::server::Server;
 
-/// Runs a hub until SIGINT or SIGTERM, then drains and exits.
+/// Runs a hub until SIGINT or SIGTERM, then drains and exits. The bus is chosen here, once,
+/// from `bus.kind`; everything after is generic over it.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let server = Server::start(&config)
-        .await
-        .with_context(|| format!("cannot start the hub from {}", config_path.display()))?;
+    let starting = || format!("cannot start the hub from {}", config_path.display());
+    match &config.bus {
+        BusConfig::Embedded {} => {
+            let server = Server::start(&config).await.with_context(starting)?;
+            announce(
+                &config,
+                &server,
+                &format!("data in {}", config.data_dir.display()),
+            );
+            shutdown_signal().await;
+            tracing::info!("stopping: finishing in-flight work");
+            server.shutdown().await;
+        }
+        BusConfig::Nats(nats) => {
+            let server = Server::start_nats(&config, nats)
+                .await
+                .with_context(starting)?;
+            announce(
+                &config,
+                &server,
+                &format!("NATS stream {} at {}", nats.stream, nats.url),
+            );
+            shutdown_signal().await;
+            tracing::info!("stopping: finishing in-flight work");
+            server.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+fn announce<B: Bus>(config: &Config, server: &Server<B>, bus: &str) {
     // Through tracing, not eprintln: with --log-format json, stderr must stay pure JSON.
     tracing::info!(
-        "serving {} region(s) on http://{} (data in {}); Ctrl-C to stop",
+        "serving {} region(s) on http://{} ({bus}); Ctrl-C to stop",
         config.regions.len(),
         server.http_addr(),
-        config.data_dir.display()
     );
     if let Some(addr) = server.resp_addr() {
         tracing::info!(
@@ -26,10 +55,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             addr.port()
         );
     }
-    shutdown_signal().await;
-    tracing::info!("stopping: finishing in-flight work");
-    server.shutdown().await;
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

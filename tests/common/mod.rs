@@ -1,8 +1,10 @@
-//! The test harness: real `redis-server`s (one per region), a real hub (in-process or as a
-//! `regis serve` child), and helpers to publish, wait for conditions and compare regions.
+//! The test harness: real `redis-server`s (one per region), a real bus of either backend
+//! ([`Backend`]: the embedded one, or a `nats-server` with JetStream started for the test),
+//! a real hub (in-process or as a `regis serve` child), and helpers to publish, wait for
+//! conditions and compare regions.
 //!
-//! Nothing here mocks Redis or the bus. A test that needs `redis-server` fails with a clear
-//! message when it is missing.
+//! Nothing here mocks Redis, NATS or the bus. A test that needs `redis-server` or
+//! `nats-server` fails with a clear message when it is missing.
 
 #![allow(dead_code)]
 
@@ -14,11 +16,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use regis::bus::Stats;
-use regis::bus::embedded::EmbeddedBus;
-use regis::config::Config;
+use regis::bus::embedded::{EmbeddedBus, StoreOptions};
+use regis::bus::nats::{NatsBus, NatsConfig, NatsOptions};
+use regis::bus::{
+    BusError, Consume, DeadLetter, DeadLetters, Delivery, Outgoing, Publish, QueueStats, Receipt,
+    Selection, Settle, Stats,
+};
+use regis::clock::Version;
+use regis::config::{BusConfig, Config, WorkerPlacement};
+use regis::envelope::MessageId;
+use regis::nats_process::NatsProcess;
 use regis::redis_process::RedisProcess;
-use regis::server::Server;
+use regis::server::{Server, connect_nats, open_embedded};
 use regis::snapshot::Snapshot;
 use serde_json::{Value, json};
 
@@ -80,6 +89,31 @@ pub async fn publish(addr: SocketAddr, commands: Value) -> Result<String, (u16, 
         json!({ "commands": commands }).to_string().into_bytes(),
     )
     .await
+}
+
+/// Publishes one message over HTTP; `Ok(answer)` (`{"id", "version"}`) or `Err((status, body))`.
+pub async fn publish_answer(addr: SocketAddr, commands: Value) -> Result<Value, (u16, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/publish"))
+        .json(&json!({ "commands": commands }))
+        .send()
+        .await
+        .map_err(|err| (0, Value::String(err.to_string())))?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err((status, body))
+    }
+}
+
+/// The version in a publish answer.
+pub fn version_of(answer: &Value) -> u64 {
+    answer["version"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a publish answer has a numeric version")
 }
 
 /// POSTs raw bytes to /v1/publish.
@@ -172,6 +206,210 @@ pub async fn start_hub(config: &Config) -> Server<EmbeddedBus> {
     Server::start(config).await.expect("the hub starts")
 }
 
+/// Which bus a contract test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite bus.
+    Embedded,
+    /// NATS JetStream, on a `nats-server` started for the test.
+    Nats,
+}
+
+/// Starts a JetStream `nats-server`, or fails the test saying how to install it.
+pub fn nats_server() -> NatsProcess {
+    NatsProcess::start().unwrap_or_else(|err| panic!("test needs nats-server: {err}"))
+}
+
+/// One test's bus environment: a data directory, and for NATS its own server.
+pub struct Env {
+    pub backend: Backend,
+    pub data: tempfile::TempDir,
+    pub nats: Option<NatsProcess>,
+}
+
+impl Env {
+    /// A fresh environment (an empty data directory; a fresh `nats-server` for NATS).
+    pub fn new(backend: Backend) -> Env {
+        Env {
+            backend,
+            data: tempfile::tempdir().expect("a temporary directory"),
+            nats: match backend {
+                Backend::Embedded => None,
+                Backend::Nats => Some(nats_server()),
+            },
+        }
+    }
+
+    /// The `[bus]` section of this environment.
+    pub fn bus_config(&self) -> BusConfig {
+        match &self.nats {
+            None => BusConfig::Embedded {},
+            Some(nats) => BusConfig::Nats(NatsConfig {
+                url: nats.url(),
+                ..NatsConfig::default()
+            }),
+        }
+    }
+
+    /// [`config`] for these regions on this environment's bus.
+    pub fn config(&self, regions: &[RedisProcess]) -> Config {
+        let mut config = config(&self.data.path().join("bus"), regions);
+        config.bus = self.bus_config();
+        config
+    }
+
+    /// A bus with these queue semantics, for tests that drive the bus directly.
+    pub async fn bus_with(
+        &self,
+        regions: &[&str],
+        visibility_timeout: Duration,
+        max_receives: u32,
+    ) -> AnyBus {
+        let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+        match &self.nats {
+            None => AnyBus::Embedded(
+                EmbeddedBus::open(
+                    &self.data.path().join("bus"),
+                    &names,
+                    StoreOptions {
+                        visibility_timeout,
+                        max_receives,
+                        dead_letter_retention: Duration::from_secs(3600),
+                    },
+                )
+                .expect("the embedded bus opens"),
+            ),
+            Some(nats) => AnyBus::Nats(
+                NatsBus::connect(
+                    &NatsConfig {
+                        url: nats.url(),
+                        ..NatsConfig::default()
+                    },
+                    NatsOptions {
+                        regions: names,
+                        node_id: 0,
+                        visibility_timeout,
+                        max_receives,
+                        dead_letter_retention: Duration::from_secs(3600),
+                        max_message_bytes: 1 << 18,
+                    },
+                )
+                .await
+                .expect("the NATS bus connects"),
+            ),
+        }
+    }
+
+    /// An in-process hub on `config`'s bus (this environment's, from [`Env::config`]).
+    pub async fn start_hub(&self, config: &Config) -> TestHub {
+        start_any_hub(config).await
+    }
+}
+
+/// The bus `config` describes.
+pub async fn open_bus(config: &Config) -> AnyBus {
+    match &config.bus {
+        BusConfig::Embedded {} => {
+            AnyBus::Embedded(open_embedded(config).expect("the embedded bus opens"))
+        }
+        BusConfig::Nats(nats) => AnyBus::Nats(
+            connect_nats(config, nats)
+                .await
+                .expect("the NATS bus connects"),
+        ),
+    }
+}
+
+/// An in-process hub on the bus `config` describes, started as `regis serve` starts one.
+pub async fn start_any_hub(config: &Config) -> TestHub {
+    let bus = open_bus(config).await;
+    Server::start_with(config, bus)
+        .await
+        .expect("the hub starts")
+}
+
+/// An in-process hub of either backend.
+pub type TestHub = Server<AnyBus>;
+
+/// Drains and stops a hub, then closes its bus (what `regis serve` does on SIGTERM).
+pub async fn shutdown(hub: TestHub) {
+    let bus = hub.bus().clone();
+    hub.stop().await;
+    bus.close().await;
+}
+
+/// Either bus, so one test body runs on both. (The binary picks one statically at start;
+/// this enum exists only for tests.)
+#[derive(Clone)]
+pub enum AnyBus {
+    Embedded(EmbeddedBus),
+    Nats(NatsBus),
+}
+
+macro_rules! each_bus {
+    ($self:expr, $bus:ident => $body:expr) => {
+        match $self {
+            AnyBus::Embedded($bus) => $body,
+            AnyBus::Nats($bus) => $body,
+        }
+    };
+}
+
+impl AnyBus {
+    /// Persists progress (embedded) or flushes the connection (NATS).
+    pub async fn close(&self) {
+        each_bus!(self, bus => bus.close().await)
+    }
+}
+
+impl Publish for AnyBus {
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BusError> {
+        each_bus!(self, bus => bus.publish(messages).await)
+    }
+    async fn high_water(&self) -> Result<Option<Version>, BusError> {
+        each_bus!(self, bus => bus.high_water().await)
+    }
+}
+
+impl Consume for AnyBus {
+    async fn receive(
+        &self,
+        region: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        each_bus!(self, bus => bus.receive(region, max, wait).await)
+    }
+    async fn settle(
+        &self,
+        region: &str,
+        settlements: Vec<(Receipt, Settle)>,
+    ) -> Result<(), BusError> {
+        each_bus!(self, bus => bus.settle(region, settlements).await)
+    }
+}
+
+impl DeadLetters for AnyBus {
+    async fn list(&self, region: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        each_bus!(self, bus => bus.list(region, limit).await)
+    }
+    async fn get(&self, region: &str, id: MessageId) -> Result<Option<DeadLetter>, BusError> {
+        each_bus!(self, bus => bus.get(region, id).await)
+    }
+    async fn redrive(&self, region: &str, which: Selection) -> Result<u64, BusError> {
+        each_bus!(self, bus => bus.redrive(region, which).await)
+    }
+    async fn purge(&self, region: &str, which: Selection) -> Result<u64, BusError> {
+        each_bus!(self, bus => bus.purge(region, which).await)
+    }
+}
+
+impl Stats for AnyBus {
+    async fn stats(&self) -> Result<Vec<QueueStats>, BusError> {
+        each_bus!(self, bus => bus.stats().await)
+    }
+}
+
 /// `regis serve` as a child process, for kill -9 and signal tests.
 pub struct ServeProcess {
     pub child: Child,
@@ -186,13 +424,30 @@ pub fn write_config(dir: &Path, config: &Config, http_port: u16) -> PathBuf {
         .iter()
         .map(|r| {
             format!(
-                "[[regions]]\nname = \"{}\"\nredis = \"{}\"\n",
-                r.name, r.redis
+                "[[regions]]\nname = \"{}\"\nredis = \"{}\"\nworker = \"{}\"\n",
+                r.name,
+                r.redis,
+                match r.worker {
+                    WorkerPlacement::Local => "local",
+                    WorkerPlacement::Remote => "remote",
+                }
             )
         })
         .collect();
+    let bus = match &config.bus {
+        BusConfig::Embedded {} => String::new(),
+        BusConfig::Nats(nats) => format!(
+            "[bus]\nkind = \"nats\"\nurl = \"{}\"\nstream = \"{}\"\n{}",
+            nats.url,
+            nats.stream,
+            nats.domain
+                .as_ref()
+                .map(|d| format!("domain = \"{d}\"\n"))
+                .unwrap_or_default()
+        ),
+    };
     let text = format!(
-        "data_dir = {data:?}\nconvergence = \"{conv}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+        "data_dir = {data:?}\nconvergence = \"{conv}\"\n{bus}[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
          [delivery]\nmax_receives = {mr}\nvisibility_timeout = \"{vt}ms\"\nretry_backoff = \"{rb}ms\"\nretry_backoff_max = \"{rbm}ms\"\n\
          [worker]\nredis_timeout = \"{rt}ms\"\n{regions}",
         data = config.data_dir.display().to_string(),

@@ -1,0 +1,142 @@
+//! `regis worker --region NAME [--redis URL] --config FILE`: one region's worker, run in
+//! the region, next to its Redis.
+//!
+//! With `bus.kind = "nats"` the worker talks to NATS directly — typically to a NATS server
+//! in its own region (a leaf node of the hub's cluster, see docs/nats.md) — and needs no hub
+//! at all: it leases from its region's consumer, applies to the region's Redis and settles,
+//! exactly as the workers inside `regis serve` do. The hub's config marks the region
+//! `worker = "remote"` so it runs no worker of its own for it. `--hub URL` is reserved for a
+//! worker of the embedded bus that leases over the hub's HTTP API; it is not supported yet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Applier;
+use crate::bus::nats::{NatsBus, NatsOptions};
+use crate::config::{BusConfig, Config};
+use crate::health::RedisHealth;
+use crate::latency::LatencyWindow;
+use crate::worker::{self, WorkerSettings, backoff};
+
+/// Options of `regis worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The region whose queue this worker drains: a `[[regions]]` name of the config.
+    #[arg(long)]
+    pub region: String,
+    /// The region's Redis, e.g. `redis://127.0.0.1:6379`; defaults to the region's `redis`
+    /// in the config.
+    #[arg(long, env = "REGIS_REDIS")]
+    pub redis: Option<String>,
+    /// The config file: its `[bus]`, `[delivery]`, `[worker]` and `[[regions]]` are used.
+    #[arg(long, short, default_value = "regis.toml")]
+    pub config: PathBuf,
+    /// A hub's HTTP address, for a worker of the embedded bus (not supported yet).
+    #[arg(long)]
+    pub hub: Option<String>,
+    /// Consumers; defaults to the region's `concurrency` or `worker.concurrency`.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+/// Runs the worker until SIGINT or SIGTERM, then finishes the batch in hand and exits.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    if let Some(hub) = &args.hub {
+        bail!(
+            "--hub {hub}: a worker leasing from the embedded bus over a hub's HTTP API is not supported yet; \
+             run the region's worker inside regis serve, or use a NATS bus (bus.kind = \"nats\") without --hub"
+        );
+    }
+    let path = args.config.display().to_string();
+    let config = Config::load(&args.config)?;
+    let BusConfig::Nats(nats) = &config.bus else {
+        bail!(
+            "{path}: regis worker needs bus.kind = \"nats\"; with the embedded bus the workers run inside regis serve \
+             (a worker over the hub's HTTP API, --hub, is not supported yet)"
+        );
+    };
+    let Some(region) = config.regions.iter().find(|r| r.name == args.region) else {
+        let names: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+        bail!(
+            "region {:?} is not in {path} (it lists {}); the hub and its workers share one list of regions",
+            args.region,
+            names.join(", ")
+        );
+    };
+    let redis_url = match (&args.redis, region.redis.as_str()) {
+        (Some(url), _) => url.clone(),
+        (None, "") => bail!(
+            "no Redis for region {:?}: pass --redis redis://HOST:PORT or set its redis in {path}",
+            region.name
+        ),
+        (None, url) => url.to_string(),
+    };
+    let concurrency = args.concurrency.unwrap_or(config.concurrency(region));
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::serve::shutdown_signal().await;
+        stop.cancel();
+    });
+
+    let options = NatsOptions::from_config(&config, vec![region.name.clone()]);
+    // The worker may start before its NATS (or the leaf node's link to the hub) is up: keep
+    // trying while the failure is one that can pass.
+    let mut attempt = 0;
+    let bus = loop {
+        match NatsBus::connect(nats, options.clone()).await {
+            Ok(bus) => break bus,
+            Err(err) if err.is_retriable() => {
+                attempt += 1;
+                tracing::warn!(region = %region.name, error = %err, "cannot reach the NATS bus yet; retrying");
+                let pause = backoff(Duration::from_millis(200), Duration::from_secs(5), attempt);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot start the worker from {path}"));
+            }
+        }
+    };
+
+    let mut tasks = JoinSet::new();
+    worker::spawn(
+        WorkerSettings {
+            region: region.name.clone(),
+            redis_url,
+            concurrency,
+            batch_size: config.worker.batch_size,
+            redis_timeout: config.worker.redis_timeout,
+            max_receives: config.delivery.max_receives,
+            retry_backoff: config.delivery.retry_backoff,
+            retry_backoff_max: config.delivery.retry_backoff_max,
+        },
+        bus.clone(),
+        Applier::new(config.convergence, config.tombstone_ttl()),
+        Arc::new(LatencyWindow::default()),
+        Arc::new(RedisHealth::new(&region.name)),
+        shutdown.clone(),
+        &mut tasks,
+    )?;
+    eprintln!(
+        "regis: worker of region {} running {concurrency} consumer(s) on NATS stream {} at {}; Ctrl-C to stop",
+        region.name, nats.stream, nats.url
+    );
+    shutdown.cancelled().await;
+    eprintln!("regis: stopping: finishing the batch in hand");
+    while tasks.join_next().await.is_some() {}
+    bus.close().await;
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! What only the NATS backend has: its server crashing under load, a region served through
+//! its own NATS server (a leaf node of the hub's), and `regis worker`. The contract itself
+//! runs on NATS in `tests/core.rs`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use regis::bus::Stats;
+use regis::bus::nats::NatsConfig;
+use regis::config::{BusConfig, WorkerPlacement};
+use regis::nats_process::{NatsProcess, NatsServerOptions};
+use regis::redis_process::free_port;
+use regis::snapshot::Entry;
+use serde_json::json;
+
+/// Concurrent producers publishing over HTTP.
+const PRODUCERS: usize = 4;
+
+/// Publishes `SET key<i> value<i>` over HTTP from several tasks, counting attempts.
+struct Publisher {
+    acked: Arc<std::sync::Mutex<Vec<usize>>>,
+    attempts: Arc<AtomicUsize>,
+    attempts_while_down: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(addr: std::net::SocketAddr, total: usize) -> Publisher {
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let attempts_while_down = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (acked, attempts, attempts_while_down, failures, down) = (
+                acked.clone(),
+                attempts.clone(),
+                attempts_while_down.clone(),
+                failures.clone(),
+                down.clone(),
+            );
+            // Several producers, so publishes are in flight whenever the server dies.
+            tokio::spawn(async move {
+                let mut producers = tokio::task::JoinSet::new();
+                for producer in 0..PRODUCERS {
+                    let (acked, attempts, attempts_while_down, failures, down) = (
+                        acked.clone(),
+                        attempts.clone(),
+                        attempts_while_down.clone(),
+                        failures.clone(),
+                        down.clone(),
+                    );
+                    producers.spawn(async move {
+                        for i in (producer..total).step_by(PRODUCERS) {
+                            if down.load(Ordering::SeqCst) {
+                                attempts_while_down.fetch_add(1, Ordering::SeqCst);
+                            }
+                            attempts.fetch_add(1, Ordering::SeqCst);
+                            let sent = publish(
+                                addr,
+                                json!([["SET", format!("key{i}"), format!("value{i}")]]),
+                            )
+                            .await;
+                            match sent {
+                                Ok(_) => acked.lock().unwrap().push(i),
+                                Err((status, body)) => {
+                                    assert_eq!(status, 503, "only the bus may fail: {body}");
+                                    failures.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }
+                    });
+                }
+                while let Some(done) = producers.join_next().await {
+                    done.expect("a producer");
+                }
+            })
+        };
+        Publisher {
+            acked,
+            attempts,
+            attempts_while_down,
+            failures,
+            down,
+            task,
+        }
+    }
+
+    fn acked(&self) -> Vec<usize> {
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Every acknowledged `key<i>` holds `value<i>` in every region.
+async fn all_applied(regions: &[regis::redis_process::RedisProcess], acked: &[usize]) -> bool {
+    for region in regions {
+        let snap = snapshot(region).await;
+        let complete = acked.iter().all(|i| {
+            snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
+                == Some(&Entry::String(format!("value{i}").into_bytes()))
+        });
+        if !complete {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_and_restarting_nats_server_while_publishing_loses_nothing_acknowledged() {
+    let regions = regions(2);
+    let mut env = Env::new(Backend::Nats);
+    let mut config = env.config(&regions);
+    if let BusConfig::Nats(nats) = &mut config.bus {
+        nats.request_timeout = Duration::from_secs(1);
+    }
+    let hub = env.start_hub(&config).await;
+    let publisher = Publisher::start(hub.http_addr(), 1500);
+
+    let started = eventually(Duration::from_secs(30), || async {
+        publisher.acked().len() >= 300
+    })
+    .await;
+    assert!(started, "publishing did not get going");
+    let nats = env.nats.as_mut().expect("a NATS environment");
+    publisher.down.store(true, Ordering::SeqCst);
+    nats.kill_9();
+    let acked_before = publisher.acked().len();
+    // Keep the server down while the publisher keeps trying.
+    let tried = publisher.attempts.load(Ordering::SeqCst);
+    let waited = eventually(Duration::from_secs(30), || async {
+        publisher.attempts.load(Ordering::SeqCst) >= tried + 3
+    })
+    .await;
+    assert!(waited, "the publisher stalled while NATS was down");
+    nats.restart().expect("nats-server restarts on its store");
+    publisher.down.store(false, Ordering::SeqCst);
+
+    tokio::time::timeout(Duration::from_secs(120), publisher.task)
+        .await
+        .expect("publishing finishes once NATS is back")
+        .expect("the publisher task");
+    let acked = publisher.acked.lock().unwrap().clone();
+    assert!(
+        publisher.attempts_while_down.load(Ordering::SeqCst) > 0,
+        "the outage did not overlap publishing"
+    );
+    assert!(
+        acked.len() > acked_before,
+        "nothing was acknowledged after the restart"
+    );
+    eprintln!(
+        "acknowledged {} of 1500; {} failed while NATS was down",
+        acked.len(),
+        publisher.failures.load(Ordering::SeqCst)
+    );
+    let applied = eventually(Duration::from_secs(60), || all_applied(&regions, &acked)).await;
+    assert!(
+        applied,
+        "an acknowledged message is missing in a region after the NATS restart"
+    );
+    assert!(drained(hub.bus(), Duration::from_secs(30)).await);
+    shutdown(hub).await;
+}
+
+/// `regis worker` as a child process; killed when dropped.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(args: &[&str]) -> WorkerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_regis"))
+            .arg("worker")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn regis worker");
+        WorkerProcess(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The multi-region topology of docs/nats.md on one machine: the hub's NATS server (domain
+/// `hub`) holds the stream; region r1 has a NATS server of its own, a leaf node of the hub's
+/// with its own JetStream domain, and r1's worker runs as `regis worker` talking only to that
+/// leaf. The hub runs r0's worker itself and none for r1 (`worker = "remote"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_region_is_served_through_its_own_leaf_node_and_catches_up_after_a_cut() {
+    let regions = regions(2);
+    let hub_nats = NatsProcess::start_with(NatsServerOptions {
+        domain: Some("hub".into()),
+        leaf_listen: true,
+        leaf_remote: None,
+    })
+    .unwrap_or_else(|err| panic!("test needs nats-server: {err}"));
+    let mut leaf_nats = NatsProcess::start_with(NatsServerOptions {
+        domain: Some("mumbai".into()),
+        leaf_listen: false,
+        leaf_remote: hub_nats.leaf_port(),
+    })
+    .unwrap_or_else(|err| panic!("test needs nats-server: {err}"));
+
+    let data = tempfile::tempdir().unwrap();
+    let mut hub_config = config(&data.path().join("bus"), &regions);
+    hub_config.regions[1].worker = WorkerPlacement::Remote;
+    hub_config.regions[1].redis = String::new();
+    hub_config.bus = BusConfig::Nats(NatsConfig {
+        url: hub_nats.url(),
+        ..NatsConfig::default()
+    });
+    let hub = start_any_hub(&hub_config).await;
+    let addr = hub.http_addr();
+
+    // The region's config: the same regions and delivery, its own NATS, the hub's domain.
+    let region_dir = tempfile::tempdir().unwrap();
+    let mut region_config = hub_config.clone();
+    region_config.bus = BusConfig::Nats(NatsConfig {
+        url: leaf_nats.url(),
+        domain: Some("hub".into()),
+        ..NatsConfig::default()
+    });
+    let region_path = write_config(region_dir.path(), &region_config, free_port().unwrap());
+    let r1_redis = regions[1].url();
+    let _worker = WorkerProcess::start(&[
+        "--region",
+        "r1",
+        "--redis",
+        &r1_redis,
+        "--config",
+        region_path.to_str().unwrap(),
+    ]);
+
+    for i in 0..50 {
+        publish(
+            addr,
+            json!([
+                ["SET", format!("k{i}"), format!("first-{i}")],
+                ["INCR", "n"]
+            ]),
+        )
+        .await
+        .unwrap();
+    }
+    let served = eventually(Duration::from_secs(30), || async {
+        let r1 = snapshot(&regions[1]).await;
+        r1.keys.get(b"n".as_slice()).map(|e| &e.0) == Some(&Entry::String(b"50".to_vec()))
+    })
+    .await;
+    assert!(
+        served,
+        "r1's worker, behind its leaf node, did not apply the messages"
+    );
+
+    // Cut the region off: its backlog waits in the hub's stream; the hub's region goes on.
+    leaf_nats.kill_9();
+    for i in 0..50 {
+        publish(
+            addr,
+            json!([
+                ["SET", format!("k{i}"), format!("second-{i}")],
+                ["INCR", "n"]
+            ]),
+        )
+        .await
+        .unwrap();
+    }
+    let waiting = eventually(Duration::from_secs(20), || async {
+        let stats = hub.bus().stats().await.unwrap();
+        stats[0].depth + stats[0].in_flight == 0 && stats[1].depth + stats[1].in_flight > 0
+    })
+    .await;
+    assert!(waiting, "{:?}", hub.bus().stats().await.unwrap());
+
+    leaf_nats.restart().expect("the leaf node restarts");
+    assert!(
+        drained(hub.bus(), Duration::from_secs(60)).await,
+        "r1 did not catch up after its leaf node came back: {:?}",
+        hub.bus().stats().await.unwrap()
+    );
+    let expected = snapshot(&regions[0]).await;
+    assert_eq!(
+        expected.keys[b"n".as_slice()].0,
+        Entry::String(b"100".to_vec())
+    );
+    assert_converges(&regions, &expected, Duration::from_secs(10)).await;
+    shutdown(hub).await;
+}
+
+/// Interest retention: once every region acknowledged a message, the topic stream no longer
+/// holds it, so the servers' disks hold only backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_leave_the_topic_stream() {
+    let env = Env::new(Backend::Nats);
+    let bus = env
+        .bus_with(&["r0", "r1"], Duration::from_secs(30), 5)
+        .await;
+    let hub = regis::hub::Hub::new(bus.clone(), 0, regis::command::Convergence::Lww, 1 << 20)
+        .await
+        .unwrap();
+    let requests: Vec<regis::hub::MessageRequest> = (0..1000)
+        .map(|i| regis::hub::MessageRequest {
+            commands: vec![vec!["SET".into(), format!("k{i}").into(), "v".into()]],
+            db: 0,
+        })
+        .collect();
+    for chunk in requests.chunks(100) {
+        for result in hub.publish_many(chunk).await {
+            result.unwrap();
+        }
+    }
+    let client = async_nats::connect(env.nats.as_ref().unwrap().url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stored = || async {
+        js.get_stream("REGIS")
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+    assert!(stored().await > 0, "the backlog is in the stream");
+    for region in ["r0", "r1"] {
+        let mut settled = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while settled < 1000 && std::time::Instant::now() < deadline {
+            let got = regis::bus::Consume::receive(&bus, region, 256, Duration::from_secs(1))
+                .await
+                .unwrap();
+            settled += got.len();
+            regis::bus::Consume::settle(
+                &bus,
+                region,
+                got.into_iter()
+                    .map(|d| (d.receipt, regis::bus::Settle::Ack))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(settled, 1000, "region {region}");
+    }
+    let emptied = eventually(Duration::from_secs(10), || async { stored().await == 0 }).await;
+    assert!(emptied, "{} messages left in the topic", stored().await);
+    bus.close().await;
+}
+
+#[test]
+fn regis_worker_and_serve_refuse_what_they_cannot_do_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_regis"))
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let embedded = dir.path().join("embedded.toml");
+    std::fs::write(
+        &embedded,
+        "[[regions]]\nname = \"r0\"\nredis = \"redis://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let embedded = embedded.to_str().unwrap();
+
+    let hub = run(&[
+        "worker",
+        "--region",
+        "r0",
+        "--hub",
+        "http://127.0.0.1:7700",
+        "--config",
+        embedded,
+    ]);
+    assert!(
+        hub.contains("--hub") && hub.contains("not supported yet"),
+        "{hub}"
+    );
+    let needs_nats = run(&["worker", "--region", "r0", "--config", embedded]);
+    assert!(needs_nats.contains("bus.kind = \"nats\""), "{needs_nats}");
+
+    // Nothing listens on this port: serve says where it tried and what to check.
+    let nowhere = dir.path().join("nowhere.toml");
+    let port = free_port().unwrap();
+    std::fs::write(
+        &nowhere,
+        format!(
+            "[bus]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nrequest_timeout = \"1s\"\n\
+             [[regions]]\nname = \"r0\"\nredis = \"redis://127.0.0.1:1\"\n"
+        ),
+    )
+    .unwrap();
+    let nowhere = nowhere.to_str().unwrap();
+    let unknown = run(&["worker", "--region", "elsewhere", "--config", nowhere]);
+    assert!(
+        unknown.contains("\"elsewhere\"") && unknown.contains("r0"),
+        "{unknown}"
+    );
+    let serve = run(&["serve", "--config", nowhere]);
+    assert!(
+        serve.contains(&format!("127.0.0.1:{port}")) && serve.contains("bus.url"),
+        "{serve}"
+    );
+}
