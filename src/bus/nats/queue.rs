@@ -302,9 +302,9 @@ async fn receive_now(
         let (messages, end) = pull(bus, queue, messages_wanted, remaining).await?;
         let pulled = messages.len();
         let deliveries = admit(bus, queue, messages).await?;
-        if pulled > 0 {
+        if let Some(seen) = (deliveries.len().max(pulled) * 16).checked_div(pulled) {
             // A moving average, so one odd batch does not swing the next request.
-            let seen = (deliveries.len().max(pulled) * 16 / pulled) as u32;
+            let seen = seen as u32;
             let before = queue.envelopes_per_message.load(Ordering::Relaxed).max(16);
             queue
                 .envelopes_per_message
