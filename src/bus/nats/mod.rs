@@ -119,12 +119,11 @@ struct Inner {
     closing: Arc<AtomicBool>,
     /// How long a JetStream request may take (`bus.request_timeout`).
     request_timeout: Duration,
-    /// Largest batch payload: the server's `max_payload` less room for headers.
-    batch_bytes: usize,
     topic: jetstream::stream::Stream,
     meta: kv::Store,
     retries: kv::Store,
-    ceiling: topic::Ceiling,
+    ceiling: Arc<topic::Ceiling>,
+    appender: topic::Appender,
     regions: Vec<queue::RegionQueue>,
 }
 
@@ -259,6 +258,16 @@ impl NatsBus {
                 .await?,
             );
         }
+        let ceiling = Arc::new(topic::Ceiling::default());
+        // Batches fill the server's max_payload, less room for headers, at most 1 MiB.
+        let batch_bytes = max_payload.saturating_sub(8 * 1024).clamp(1024, 1 << 20);
+        let appender = topic::Appender::start(
+            js.clone(),
+            meta.clone(),
+            ceiling.clone(),
+            names.topic_subject(options.node_id),
+            batch_bytes,
+        );
         let bus = NatsBus {
             inner: Arc::new(Inner {
                 client,
@@ -267,13 +276,11 @@ impl NatsBus {
                 options,
                 closing,
                 request_timeout: config.request_timeout,
-                batch_bytes: max_payload
-                    .saturating_sub(8 * 1024)
-                    .clamp(64 * 1024, 1 << 20),
                 topic,
                 meta,
                 retries,
-                ceiling: topic::Ceiling::default(),
+                ceiling,
+                appender,
                 regions,
             }),
         };

@@ -8,7 +8,15 @@
 //! a small key-value entry does: a ceiling, in milliseconds, raised (with compare-and-set,
 //! so hubs sharing the stream never lower it) a second ahead whenever a message would reach
 //! it. That is one round trip a second at most, awaited before the message is sent.
+//!
+//! Publishing goes through one task per bus, the [`Appender`]: it takes every publish call
+//! waiting when it is free, packs their messages into as few NATS messages as `batch`
+//! allows, sends them, and answers each call once all of its group's PubAcks are in. Like
+//! the embedded bus's group commit, concurrent single-message publishes (HTTP producers)
+//! then share stored messages; a lone publish goes out at once. The task never waits for
+//! acknowledgements itself, so groups stay pipelined.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::message::PublishMessage;
@@ -26,6 +34,9 @@ const HIGH_WATER_KEY: &str = "high_water";
 const CEILING_LEAD_MS: u64 = 1_000;
 /// Compare-and-set attempts before giving up (each lost race means another hub raised it).
 const CAS_ATTEMPTS: usize = 16;
+
+/// Most messages one group takes (more wait for the next group).
+const MAX_GROUP: usize = 8192;
 
 /// This process's view of the ceiling.
 #[derive(Debug, Default)]
@@ -87,36 +98,138 @@ pub(super) async fn ensure_stream(
     Ok(stream)
 }
 
-/// Appends `messages`, as few NATS messages as `batch` allows, and waits for every PubAck.
+/// A publish call waiting for the appender.
+struct Pending {
+    messages: Vec<Outgoing>,
+    reply: tokio::sync::oneshot::Sender<Result<(), BusError>>,
+}
+
+/// Handle to the task that appends every publish of this bus.
+pub(super) struct Appender {
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// What the appender task needs; it holds no handle to the bus, so it ends when the last
+/// handle is dropped.
+struct AppendTask {
+    js: jetstream::Context,
+    meta: kv::Store,
+    ceiling: Arc<Ceiling>,
+    subject: async_nats::Subject,
+    batch_bytes: usize,
+}
+
+impl Appender {
+    /// Starts the appender task.
+    pub(super) fn start(
+        js: jetstream::Context,
+        meta: kv::Store,
+        ceiling: Arc<Ceiling>,
+        subject: String,
+        batch_bytes: usize,
+    ) -> Appender {
+        let (queue, waiting) = tokio::sync::mpsc::unbounded_channel();
+        let task = AppendTask {
+            js,
+            meta,
+            ceiling,
+            subject: async_nats::Subject::from(subject),
+            batch_bytes,
+        };
+        tokio::spawn(task.run(waiting));
+        Appender { queue }
+    }
+}
+
+impl AppendTask {
+    async fn run(self, mut waiting: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+        while let Some(first) = waiting.recv().await {
+            let mut count = first.messages.len();
+            let mut group = vec![first];
+            while count < MAX_GROUP {
+                match waiting.try_recv() {
+                    Ok(next) => {
+                        count += next.messages.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut replies = Vec::with_capacity(group.len());
+            let mut bodies = Vec::with_capacity(count);
+            let mut newest = 0;
+            for pending in group {
+                for message in pending.messages {
+                    newest = newest.max(message.version.physical_ms());
+                    bodies.push(message.body);
+                }
+                replies.push(pending.reply);
+            }
+            match self.send(newest, bodies).await {
+                Ok(acks) => {
+                    // Wait for the acknowledgements elsewhere, so the next group goes out now.
+                    tokio::spawn(async move {
+                        let mut outcome = Ok(());
+                        for result in
+                            join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                                .await
+                        {
+                            if let Err(err) = result {
+                                outcome = Err(publish_error(err));
+                            }
+                        }
+                        for reply in replies {
+                            let _ = reply.send(outcome.clone());
+                        }
+                    });
+                }
+                Err(err) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raises the ceiling if needed, then sends the group as batches; returns the pending
+    /// acknowledgements.
+    async fn send(
+        &self,
+        newest_ms: u64,
+        bodies: Vec<Bytes>,
+    ) -> Result<Vec<jetstream::context::PublishAckFuture>, BusError> {
+        raise_ceiling(&self.meta, &self.ceiling, newest_ms).await?;
+        let batches = batch::pack(bodies, self.batch_bytes);
+        let mut acks = Vec::with_capacity(batches.len());
+        for (count, payload) in batches {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(batch::HEADER, count.to_string());
+            let ack = self
+                .js
+                .send_publish(
+                    self.subject.clone(),
+                    PublishMessage::build().payload(payload).headers(headers),
+                )
+                .await
+                .map_err(publish_error)?;
+            acks.push(ack);
+        }
+        Ok(acks)
+    }
+}
+
+/// Appends `messages` and waits until JetStream acknowledged every NATS message holding
+/// them.
 pub(super) async fn publish(bus: &NatsBus, messages: Vec<Outgoing>) -> Result<(), BusError> {
-    let inner = &bus.inner;
-    let newest = messages
-        .iter()
-        .map(|m| m.version.physical_ms())
-        .max()
-        .unwrap_or(0);
-    raise_ceiling(bus, newest).await?;
-    let subject = async_nats::Subject::from(inner.names.topic_subject(inner.options.node_id));
-    let bodies = messages.into_iter().map(|m| m.body).collect();
-    let batches = batch::pack(bodies, inner.batch_bytes);
-    let mut acks = Vec::with_capacity(batches.len());
-    for (count, payload) in batches {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(batch::HEADER, count.to_string());
-        let ack = inner
-            .js
-            .send_publish(
-                subject.clone(),
-                PublishMessage::build().payload(payload).headers(headers),
-            )
-            .await
-            .map_err(publish_error)?;
-        acks.push(ack.into_future());
-    }
-    for result in join_all(acks).await {
-        result.map_err(publish_error)?;
-    }
-    Ok(())
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let closed = || BusError::new(BusErrorKind::Closed, "the NATS bus is closed");
+    bus.inner
+        .appender
+        .queue
+        .send(Pending { messages, reply })
+        .map_err(|_| closed())?;
+    answer.await.unwrap_or_else(|_| Err(closed()))
 }
 
 fn publish_error(err: jetstream::context::PublishError) -> BusError {
@@ -163,8 +276,11 @@ async fn stored_ceiling(meta: &kv::Store) -> Result<Option<(u64, u64)>, BusError
 }
 
 /// Makes sure the stored ceiling is above `newest_ms` before a message of that age is sent.
-async fn raise_ceiling(bus: &NatsBus, newest_ms: u64) -> Result<(), BusError> {
-    let ceiling = &bus.inner.ceiling;
+async fn raise_ceiling(
+    meta: &kv::Store,
+    ceiling: &Ceiling,
+    newest_ms: u64,
+) -> Result<(), BusError> {
     if newest_ms < ceiling.known_ms.load(Ordering::Acquire) {
         return Ok(());
     }
@@ -172,7 +288,6 @@ async fn raise_ceiling(bus: &NatsBus, newest_ms: u64) -> Result<(), BusError> {
     if newest_ms < ceiling.known_ms.load(Ordering::Acquire) {
         return Ok(());
     }
-    let meta = &bus.inner.meta;
     let target = newest_ms.max(now_ms()) + CEILING_LEAD_MS;
     let value = Bytes::from(target.to_string());
     for _ in 0..CAS_ATTEMPTS {
