@@ -51,7 +51,9 @@ pub(super) struct RegionQueue {
     pub pulls: tokio::sync::RwLock<()>,
     /// Batch deliveries handed out by this process and not yet settled, by ack subject.
     open: std::sync::Mutex<HashMap<String, OpenBatch>>,
-    /// Envelopes per NATS message lately (×16), to size pull requests in envelopes.
+    /// Envelopes per NATS message lately (×16), to size pull requests in envelopes. It
+    /// starts at the largest batch and follows larger batches at once and smaller ones by
+    /// halves, so a receive exceeds its `max` by less than one batch.
     envelopes_per_message: std::sync::atomic::AtomicU32,
 }
 
@@ -127,7 +129,9 @@ impl RegionQueue {
             dlq,
             pulls: tokio::sync::RwLock::new(()),
             open: std::sync::Mutex::new(HashMap::new()),
-            envelopes_per_message: std::sync::atomic::AtomicU32::new(16),
+            envelopes_per_message: std::sync::atomic::AtomicU32::new(
+                (batch::MAX_MESSAGES * 16) as u32,
+            ),
         })
     }
 }
@@ -301,14 +305,13 @@ async fn receive_now(
         let messages_wanted = (max * 16 / per_message).clamp(1, max);
         let (messages, end) = pull(bus, queue, messages_wanted, remaining).await?;
         let pulled = messages.len();
-        let deliveries = admit(bus, queue, messages).await?;
-        if let Some(seen) = (deliveries.len().max(pulled) * 16).checked_div(pulled) {
-            // A moving average, so one odd batch does not swing the next request.
+        let (deliveries, envelopes) = admit(bus, queue, messages).await?;
+        if let Some(seen) = (envelopes * 16).checked_div(pulled) {
             let seen = seen as u32;
             let before = queue.envelopes_per_message.load(Ordering::Relaxed).max(16);
             queue
                 .envelopes_per_message
-                .store((before * 3 + seen) / 4, Ordering::Relaxed);
+                .store(seen.max((before + seen) / 2), Ordering::Relaxed);
         }
         if !deliveries.is_empty() || Instant::now() >= deadline {
             return Ok(deliveries);
@@ -421,13 +424,14 @@ fn unpack(message: Message) -> Option<Pulled> {
 /// Turns pulled messages into deliveries: skips other regions' redrives and envelopes done
 /// in earlier deliveries, notes expired leases and dead-letters what expired `max_receives`
 /// times.
+/// Also returns how many envelopes the messages held.
 async fn admit(
     bus: &NatsBus,
     queue: &RegionQueue,
     messages: Vec<Message>,
-) -> Result<Vec<Delivery>, BusError> {
+) -> Result<(Vec<Delivery>, usize), BusError> {
     if messages.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let options = &bus.inner.options;
     let now = now_ms();
@@ -435,6 +439,7 @@ async fn admit(
     let deadline_ms = now + lease.as_millis() as u64;
     let redrive_prefix = bus.inner.names.redrive_prefix();
     let mut foreign = Vec::new();
+    let mut envelopes = 0;
     let mut candidates = Vec::with_capacity(messages.len());
     for message in messages {
         let subject = message.subject.clone();
@@ -448,6 +453,7 @@ async fn admit(
             foreign.push(pulled.ack);
             continue;
         }
+        envelopes += pulled.bodies.len();
         candidates.push(pulled);
     }
     // Another region's redrive is not ours to apply. If the ack is lost it comes back and
@@ -567,7 +573,7 @@ async fn admit(
     });
     try_join_all(deaths).await?;
     flush(bus).await?;
-    Ok(deliveries)
+    Ok((deliveries, envelopes))
 }
 
 /// Ends deliveries; see the module documentation.
