@@ -423,8 +423,7 @@ fn unpack(message: Message) -> Option<Pulled> {
 
 /// Turns pulled messages into deliveries: skips other regions' redrives and envelopes done
 /// in earlier deliveries, notes expired leases and dead-letters what expired `max_receives`
-/// times.
-/// Also returns how many envelopes the messages held.
+/// times. Also returns how many envelopes the messages held.
 async fn admit(
     bus: &NatsBus,
     queue: &RegionQueue,
