@@ -52,6 +52,7 @@ contract_suite!(
     kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing,
     bad_input_gets_a_clear_error_and_publishes_nothing,
     serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id,
+    a_batch_publishes_each_good_message_and_refuses_each_bad_one,
 );
 
 async fn publish_over_http_applies_in_every_region(backend: Backend) {
@@ -1087,11 +1088,10 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
     bus.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one() {
+async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one(backend: Backend) {
     let regions = regions(1);
-    let data = tempfile::tempdir().unwrap();
-    let hub = start_hub(&config(data.path(), &regions)).await;
+    let env = Env::new(backend);
+    let hub = env.start_hub(&env.config(&regions)).await;
     let addr = hub.http_addr();
     let post = |body: String| async move {
         let response = reqwest::Client::new()
@@ -1155,5 +1155,5 @@ async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one() {
     );
     assert!(snap.keys[b"b2".as_slice()].1.is_some(), "b2 has its TTL");
     assert_eq!(snap.len(), 2, "{snap}");
-    hub.shutdown().await;
+    shutdown(hub).await;
 }
