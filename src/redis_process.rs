@@ -42,6 +42,18 @@ pub struct RedisProcess {
     extra_args: Vec<String>,
 }
 
+/// A connection for tools, tests and benchmarks to any Redis. The redis crate's default
+/// response timeout (500 ms) fails a `FLUSHALL` or a big `INFO` on a busy machine; these
+/// callers want an answer, so they wait up to a minute.
+pub async fn connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

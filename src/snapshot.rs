@@ -38,8 +38,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads database `db` of the Redis at `url`.
     pub async fn read(url: &str, db: u32) -> redis::RedisResult<Snapshot> {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = crate::redis_process::connect(url).await?;
         if db != 0 {
             redis::cmd("SELECT")
                 .arg(db)

@@ -391,11 +391,7 @@ struct Servers {
     reference: RedisProcess,
 }
 async fn flush(url: &str) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = regis::redis_process::connect(url).await.unwrap();
     redis::cmd("FLUSHALL")
         .query_async::<()>(&mut conn)
         .await

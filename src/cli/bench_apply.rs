@@ -19,7 +19,7 @@ use crate::apply::{Applier, RegionRedis};
 use crate::clock::{HybridClock, now_us};
 use crate::command::{Command, Convergence};
 use crate::envelope::{Envelope, MessageId};
-use crate::redis_process::RedisProcess;
+use crate::redis_process::{RedisProcess, connect};
 
 const CONSUMERS: usize = 2;
 
@@ -46,17 +46,13 @@ fn envelopes(
 }
 
 async fn flush(url: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = connect(url).await?;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     Ok(())
 }
 
 async fn reset_stats(url: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = connect(url).await?;
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async::<()>(&mut conn)
@@ -65,9 +61,7 @@ async fn reset_stats(url: &str) -> anyhow::Result<()> {
 }
 
 async fn used_memory(url: &str) -> anyhow::Result<u64> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = connect(url).await?;
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut conn)
@@ -90,9 +84,7 @@ async fn raw_ceiling(
     let mut tasks = tokio::task::JoinSet::new();
     let per = messages.div_ceil(CONSUMERS);
     for c in 0..CONSUMERS {
-        let mut conn = redis::Client::open(url)?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut conn = connect(url).await?;
         let value = value.clone();
         let (from, to) = (c * per, ((c + 1) * per).min(messages));
         tasks.spawn(async move {
@@ -201,9 +193,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     .await?;
     if std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some() {
         // Where the time goes inside Redis: per-command call counts and µs per call.
-        let mut conn = redis::Client::open(url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut conn = connect(&url).await?;
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut conn)

@@ -187,9 +187,7 @@ pub async fn drained<S: Stats>(bus: &S, timeout: Duration) -> bool {
 
 /// A raw command against a region, for setting up or inspecting state directly.
 pub async fn redis_cmd(region: &RedisProcess, args: &[&str]) -> redis::Value {
-    let client = redis::Client::open(region.url()).expect("a Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = regis::redis_process::connect(&region.url())
         .await
         .expect("the region's Redis answers");
     let mut cmd = redis::cmd(args[0]);
