@@ -79,6 +79,14 @@ pub struct Config {
     /// Which bus holds the topic and the queues: the embedded one (default) or NATS.
     #[serde(default)]
     pub bus: BusConfig,
+    /// Bearer tokens per role; without the section the API is open (as on a loopback-only
+    /// hub). See docs/remote.md.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Most bytes the embedded bus may occupy on disk; publishes beyond it are refused
+    /// ("bus full") until the regions catch up. Default: no cap (the disk is the limit).
+    #[serde(default)]
+    pub max_bus_bytes: Option<u64>,
 }
 
 /// `[bus]`: `kind = "embedded"` (default: SQLite in `data_dir`, one hub machine) or
@@ -105,6 +113,160 @@ pub struct HttpConfig {
     /// Address to listen on. Default `"127.0.0.1:7700"`.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS only. Default: none.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: none.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[auth]`: one bearer token per role. Each role's token is given either in the file
+/// (`publish = "..."`) or as the name of an environment variable holding it
+/// (`publish_env = "REGIS_PUBLISH_TOKEN"`), never both. `admin` is required; a role without
+/// a token of its own can only be used with the admin token, which may do everything.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Token for publishing (`POST /v1/publish`, and `AUTH` on the RESP listener).
+    #[serde(default)]
+    pub publish: Option<String>,
+    /// Environment variable holding the publish token.
+    #[serde(default)]
+    pub publish_env: Option<String>,
+    /// Token for remote workers (the lease API under `/v1/worker/`).
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Environment variable holding the worker token.
+    #[serde(default)]
+    pub worker_env: Option<String>,
+    /// Token for operators: status, dead letters, metrics (unless open); accepted for every
+    /// other role's routes too.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Environment variable holding the admin token.
+    #[serde(default)]
+    pub admin_env: Option<String>,
+    /// Whether `GET /healthz` answers without a token (load balancers probe it; it tells
+    /// nothing but "up"). Default `true`.
+    #[serde(default = "default_true")]
+    pub healthz_open: bool,
+    /// Whether `GET /metrics` answers without a token. Default `false`: scrape it with the
+    /// admin token, or set `true` when only your Prometheus can reach the listener.
+    #[serde(default)]
+    pub metrics_open: bool,
+}
+
+/// The shortest token accepted: 16 characters (e.g. `openssl rand -hex 32` gives 64).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The tokens of `[auth]`, read from the file or the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResolvedTokens {
+    /// The publish token.
+    pub publish: Option<String>,
+    /// The worker token.
+    pub worker: Option<String>,
+    /// The admin token.
+    pub admin: String,
+}
+
+impl std::fmt::Debug for ResolvedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResolvedTokens { .. }")
+    }
+}
+
+impl AuthConfig {
+    /// Reads every role's token from the file or its environment variable; the error names
+    /// the key and says what to do.
+    pub fn resolve(&self) -> Result<ResolvedTokens, (String, String)> {
+        let one = |role: &str,
+                   value: &Option<String>,
+                   env: &Option<String>|
+         -> Result<Option<String>, (String, String)> {
+            let key = format!("auth.{role}");
+            let token = match (value, env) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        key,
+                        format!(
+                            "give the {role} token either in the file or through auth.{role}_env, not both"
+                        ),
+                    ));
+                }
+                (Some(token), None) => token.clone(),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(token) if !token.is_empty() => token,
+                    Ok(_) => {
+                        return Err((
+                            format!("auth.{role}_env"),
+                            format!(
+                                "the environment variable {var} is empty; set it to the {role} token"
+                            ),
+                        ));
+                    }
+                    Err(std::env::VarError::NotPresent) => {
+                        return Err((
+                            format!("auth.{role}_env"),
+                            format!(
+                                "the environment variable {var} is not set; export it with the {role} token, or give the token as auth.{role}"
+                            ),
+                        ));
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        return Err((
+                            format!("auth.{role}_env"),
+                            format!(
+                                "the environment variable {var} is not valid UTF-8; tokens are printable ASCII"
+                            ),
+                        ));
+                    }
+                },
+                (None, None) => return Ok(None),
+            };
+            let key = if env.is_some() {
+                format!("auth.{role}_env")
+            } else {
+                key
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err((
+                    key,
+                    format!(
+                        "the {role} token is {} characters; use at least {MIN_TOKEN_LEN} (e.g. the output of `openssl rand -hex 32`)",
+                        token.len()
+                    ),
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err((
+                    key,
+                    format!(
+                        "the {role} token holds spaces or characters outside printable ASCII; it travels in an HTTP header, use e.g. `openssl rand -hex 32`"
+                    ),
+                ));
+            }
+            Ok(Some(token))
+        };
+        let publish = one("publish", &self.publish, &self.publish_env)?;
+        let worker = one("worker", &self.worker, &self.worker_env)?;
+        let admin = one("admin", &self.admin, &self.admin_env)?.ok_or_else(|| {
+            (
+                "auth.admin".to_string(),
+                "[auth] needs an admin token (auth.admin or auth.admin_env): without it nobody could read status or manage dead letters".to_string(),
+            )
+        })?;
+        Ok(ResolvedTokens {
+            publish,
+            worker,
+            admin,
+        })
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[resp]`: any Redis client publishes by sending its ordinary write commands here.
@@ -287,6 +449,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_http_listen(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -343,6 +507,8 @@ impl Config {
             tombstone_ttl: None,
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                tls_cert: None,
+                tls_key: None,
             },
             delivery: DeliveryConfig::default(),
             worker: WorkerConfig::default(),
@@ -357,6 +523,8 @@ impl Config {
                 .collect(),
             resp: None,
             bus: BusConfig::default(),
+            auth: None,
+            max_bus_bytes: None,
         }
     }
 
@@ -498,9 +666,44 @@ impl Config {
         if let Some(resp) = &self.resp {
             resp.check(self.max_message_bytes, &invalid)?;
         }
+        // Remote workers, auth, TLS and limits (issue 6).
+        if let Some(auth) = &self.auth {
+            auth.resolve()
+                .map_err(|(key, problem)| invalid(&key, problem))?;
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(invalid(
+                if self.http.tls_cert.is_some() {
+                    "http.tls_key"
+                } else {
+                    "http.tls_cert"
+                },
+                "HTTPS needs both http.tls_cert and http.tls_key (PEM files); set both or neither"
+                    .into(),
+            ));
+        }
+        if self.max_bus_bytes.is_some() && matches!(self.bus, BusConfig::Nats(_)) {
+            return Err(invalid(
+                "max_bus_bytes",
+                "caps the embedded bus only; with bus.kind = \"nats\" limit the stream on the NATS server instead (max_bytes, with discard = new)".into(),
+            ));
+        }
+        if let Some(cap) = self.max_bus_bytes
+            && cap < MIN_BUS_BYTES
+        {
+            return Err(invalid(
+                "max_bus_bytes",
+                format!(
+                    "{cap} is too small: use at least {MIN_BUS_BYTES} bytes (16 MiB), or remove the key for no cap"
+                ),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The smallest `max_bus_bytes` accepted.
+pub const MIN_BUS_BYTES: u64 = 16 * 1024 * 1024;
 
 impl RespConfig {
     /// The largest argument accepted, given the message limit.
@@ -754,6 +957,67 @@ mod tests {
             no_redis.contains("regions[0].redis") && no_redis.contains("missing"),
             "{no_redis}"
         );
+    }
+
+    #[test]
+    fn auth_tls_and_bus_cap_are_checked_at_load() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.auth.is_none() && c.http.tls_cert.is_none() && c.max_bus_bytes.is_none());
+        let tokens = "publish = \"publish-0123456789ab\"\nadmin = \"admin-0123456789abcd\"\n";
+        let c = parse(&format!("[auth]\n{tokens}{MINIMAL}")).unwrap();
+        let auth = c.auth.unwrap();
+        assert!(
+            auth.healthz_open && !auth.metrics_open,
+            "the documented defaults"
+        );
+        let resolved = auth.resolve().unwrap();
+        assert_eq!(resolved.worker, None);
+        assert_eq!(resolved.admin, "admin-0123456789abcd");
+
+        for (section, key, needle) in [
+            (
+                "[auth]\npublish = \"publish-0123456789ab\"\n",
+                "auth.admin",
+                "needs an admin token",
+            ),
+            ("[auth]\nadmin = \"short\"\n", "auth.admin", "at least 16"),
+            (
+                "[auth]\nadmin = \"has a space in it 0123\"\n",
+                "auth.admin",
+                "printable",
+            ),
+            (
+                "[auth]\nadmin = \"admin-0123456789abcd\"\nadmin_env = \"X\"\n",
+                "auth.admin",
+                "not both",
+            ),
+            (
+                "[auth]\nadmin_env = \"REGIS_TEST_SURELY_UNSET_VARIABLE\"\n",
+                "auth.admin_env",
+                "REGIS_TEST_SURELY_UNSET_VARIABLE is not set",
+            ),
+            ("[http]\ntls_cert = \"c.pem\"\n", "http.tls_key", "both"),
+        ] {
+            let err = parse(&format!("{section}{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(needle),
+                "{section}: {err}"
+            );
+        }
+        let err = parse(&format!("max_bus_bytes = 1000\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_bus_bytes"), "{err}");
+        let c = parse(&format!("max_bus_bytes = 1073741824\n{MINIMAL}")).unwrap();
+        assert_eq!(c.max_bus_bytes, Some(1 << 30));
+        let nats = parse(&format!(
+            "max_bus_bytes = 1073741824\n[bus]\nkind = \"nats\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(nats.contains("embedded bus only"), "{nats}");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! * [`command`]: which commands are replicated; checking and canonicalizing them.
 //! * [`envelope`]: the message and its encoding on the bus.
 //! * [`bus`]: the bus traits (publish, consume/settle, dead letters, stats) and
-//!   [`bus::embedded`], the SQLite backend, and [`bus::nats`], the NATS JetStream backend.
+//!   [`bus::embedded`], the SQLite backend, and [`bus::nats`], the NATS JetStream backend;
+//!   [`bus::remote`] consumes a region's queue over the hub's lease API (remote workers).
 //! * [`apply`]: applying batches to a region's Redis, raw (`none`) or as versioned
 //!   registers (`lww`), and sorting failures into transient and permanent.
 //! * [`worker`]: a region's consumers: lease, apply, settle, back off.
@@ -31,6 +32,9 @@
 //! * [`snapshot`]: a region's whole data set as a comparable value.
 //! * [`verify`]: comparing regions key by key in bounded memory, and repairing drift.
 //! * [`cli`]: the `regis` command line.
+//! * [`tls`]: TLS for the hub's listeners (HTTPS and RESP).
+//! * [`wan`]: a TCP proxy that imitates a WAN link (latency, partitions, resets), for the
+//!   remote-worker benchmark and tests.
 
 pub mod apply;
 pub mod bus;
@@ -50,5 +54,7 @@ pub mod publisher;
 pub mod redis_process;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod verify;
+pub mod wan;
 pub mod worker;

@@ -111,6 +111,23 @@ fn describe() {
         "regis_resp_protocol_errors_total",
         "RESP connections closed for a protocol error."
     );
+    // Remote workers and authentication (issue 6).
+    describe_counter!(
+        "regis_remote_leased_messages_total",
+        "Messages leased to remote workers over the lease API."
+    );
+    describe_counter!(
+        "regis_remote_settled_messages_total",
+        "Deliveries settled by remote workers over the lease API."
+    );
+    describe_gauge!(
+        "regis_bus_full",
+        "1 while publishes are refused because the bus reached max_bus_bytes or the disk is full."
+    );
+    describe_counter!(
+        "regis_http_auth_refused_total",
+        "HTTP requests refused for want of the right token, by reason: missing, invalid (no role has it), wrong_role."
+    );
 }
 
 /// Messages accepted at ingress and durable.
@@ -377,5 +394,63 @@ impl DeadLettersExpired<'_> {
     pub fn emit(self) {
         counter!("regis_dead_letters_expired_total", "region" => self.region.to_string())
             .increment(self.count);
+    }
+}
+
+/// Messages handed to a remote worker by one lease.
+pub struct RemoteLeased<'a> {
+    /// Region name.
+    pub region: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl RemoteLeased<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_remote_leased_messages_total", "region" => self.region.to_string())
+            .increment(self.count);
+    }
+}
+
+/// Deliveries a remote worker settled.
+pub struct RemoteSettled<'a> {
+    /// Region name.
+    pub region: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl RemoteSettled<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_remote_settled_messages_total", "region" => self.region.to_string())
+            .increment(self.count);
+    }
+}
+
+/// An HTTP request refused by authentication.
+pub struct AuthRefused {
+    /// `missing`, `invalid` or `wrong_role`.
+    pub reason: &'static str,
+}
+
+impl AuthRefused {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("regis_http_auth_refused_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// The bus ran out of room for publishes, or has room again.
+pub struct BusFull {
+    /// Whether publishes are refused now.
+    pub full: bool,
+}
+
+impl BusFull {
+    /// Records the event.
+    pub fn emit(self) {
+        gauge!("regis_bus_full").set(if self.full { 1.0 } else { 0.0 });
     }
 }

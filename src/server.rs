@@ -19,9 +19,12 @@ use crate::bus::{Bus, BusError};
 use crate::config::{Config, WorkerPlacement};
 use crate::health::RedisHealth;
 use crate::hub::Hub;
+use crate::ingress::auth::{self, HttpAuth, TokenAuth};
 use crate::ingress::http::{ApiState, RegionRuntime, router};
+use crate::ingress::lease::LeaseState;
 use crate::ingress::resp::{RespServer, RespStartError};
 use crate::latency::LatencyWindow;
+use crate::tls::TlsListener;
 use crate::worker::{self, WorkerSettings};
 
 /// A running hub.
@@ -57,6 +60,12 @@ pub enum StartError {
     /// The RESP listener could not start.
     #[error("{0}")]
     Resp(#[from] RespStartError),
+    /// `[auth]` cannot be used (an environment variable went missing since the check).
+    #[error("`{0}`: {1}")]
+    Auth(String, String),
+    /// The HTTPS certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Opens the embedded bus in `config.data_dir` for every region of `config`.
@@ -83,6 +92,9 @@ impl Server<EmbeddedBus> {
     /// Starts a hub on the embedded bus described by `config`.
     pub async fn start(config: &Config) -> Result<Server<EmbeddedBus>, StartError> {
         let bus = open_embedded(config)?;
+        if config.max_bus_bytes.is_some() {
+            bus.limit_size(config.max_bus_bytes).await?;
+        }
         Server::start_with(config, bus).await
     }
 }
@@ -170,26 +182,68 @@ impl<B: Bus> Server<B> {
             addr: config.http.listen,
             source,
         })?;
-        let resp = match &config.resp {
-            Some(resp) => Some(RespServer::start(resp, hub.clone()).await?),
+        // Remote workers, auth and TLS (issue 6).
+        let auth = match &config.auth {
+            Some(auth) => Some(Arc::new(
+                HttpAuth::new(auth).map_err(|(key, problem)| StartError::Auth(key, problem))?,
+            )),
             None => None,
         };
+        auth::warn_if_exposed(http_addr, auth.as_deref());
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, "http")?),
+            _ => None,
+        };
+        let resp = match (&config.resp, &config.auth) {
+            (Some(resp), Some(auth_config)) => {
+                let tokens = auth_config
+                    .resolve()
+                    .map_err(|(key, problem)| StartError::Auth(key, problem))?;
+                let authenticator = TokenAuth::new(tokens, resp.password.clone());
+                Some(RespServer::start_with_auth(resp, hub.clone(), authenticator).await?)
+            }
+            (Some(resp), None) => Some(RespServer::start(resp, hub.clone()).await?),
+            (None, _) => None,
+        };
+        let stop_http = CancellationToken::new();
         let app = router(ApiState {
             hub: hub.clone(),
             bus: bus.clone(),
             regions: regions.clone(),
             prometheus,
+            lease: Arc::new(LeaseState::from_config(config, stop_http.clone())),
+            auth,
         });
-        let stop_http = CancellationToken::new();
         let stopping = stop_http.clone();
+        let https = tls.is_some();
         let http = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopping.cancelled().await })
-                .await;
+            let result = match tls {
+                Some(acceptor) => match TlsListener::new(listener, acceptor) {
+                    Ok(listener) => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(async move { stopping.cancelled().await })
+                            .await
+                    }
+                    Err(err) => Err(err),
+                },
+                None => {
+                    // Small answers (a lease, an ack) must not wait for Nagle's algorithm
+                    // and the peer's delayed ACK: that is 40 ms per round trip.
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stopping.cancelled().await })
+                        .await
+                }
+            };
             if let Err(err) = result {
                 tracing::error!(error = %err, "HTTP listener failed");
             }
         });
+        if https {
+            tracing::info!(%http_addr, "the HTTP API speaks HTTPS only");
+        }
         tracing::info!(%http_addr, regions = config.regions.len(), convergence = %config.convergence, "regis hub started");
         Ok(Server {
             http_addr,

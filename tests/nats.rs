@@ -392,10 +392,8 @@ fn regis_worker_and_serve_refuse_what_they_cannot_do_with_a_clear_error() {
         "--config",
         embedded,
     ]);
-    assert!(
-        hub.contains("--hub") && hub.contains("not supported yet"),
-        "{hub}"
-    );
+    // --hub leases over HTTP (tests/remote.rs); without --redis it says what is missing.
+    assert!(hub.contains("--hub") && hub.contains("--redis"), "{hub}");
     let needs_nats = run(&["worker", "--region", "r0", "--config", embedded]);
     assert!(needs_nats.contains("bus.kind = \"nats\""), "{needs_nats}");
 

@@ -17,6 +17,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod remote;
 
 use std::fmt;
 use std::future::Future;

@@ -2,24 +2,35 @@
 //!
 //! It owns the base URL and turns the API's answers into either the JSON body or an error
 //! that says what to do: an unreachable hub, an error body's `message`, a body that is not
-//! JSON. (Authentication, when the hub asks for it, belongs here too.)
+//! JSON. It sends the token of `--token` / `REGIS_TOKEN` as a bearer token when the hub has
+//! `[auth]`, and trusts the CA of `--ca` for an `https://` hub.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use reqwest::Method;
 use serde_json::Value;
 
-/// `--url` of the hub (also `REGIS_URL`).
+/// `--url` of the hub (also `REGIS_URL`), and how to authenticate to it.
 #[derive(Clone, Debug, clap::Args)]
 pub struct HubArgs {
     /// The hub's HTTP address.
     #[arg(long, env = "REGIS_URL", default_value = "http://127.0.0.1:7700")]
     pub url: String,
+    /// The bearer token the hub's [auth] asks for: the admin token for status and dead
+    /// letters, the publish token (or the admin token) for publish.
+    #[arg(long, env = "REGIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// hub (besides the system's).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// A hub's HTTP API.
 pub struct HubClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 /// An answer that was not 2xx.
@@ -36,11 +47,26 @@ pub struct Refused {
 
 impl HubClient {
     /// A client for the hub at `args.url`.
-    pub fn new(args: &HubArgs) -> HubClient {
-        HubClient {
-            base: args.url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+    pub fn new(args: &HubArgs) -> anyhow::Result<HubClient> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &args.ca {
+            let pem = std::fs::read(path).with_context(|| {
+                format!(
+                    "cannot read the CA file {}; --ca must name a PEM file",
+                    path.display()
+                )
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no usable PEM certificate", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
+        Ok(HubClient {
+            base: args.url.trim_end_matches('/').to_string(),
+            http: builder.build().context("cannot set up the HTTP client")?,
+            token: args.token.clone().filter(|t| !t.is_empty()),
+        })
     }
 
     /// `GET path`, the JSON answer.
@@ -61,6 +87,9 @@ impl HubClient {
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -78,6 +107,23 @@ impl HubClient {
         let json: Option<Value> = serde_json::from_str(&text).ok();
         if !status.is_success() {
             let error = json.as_ref().map(|j| &j["error"]);
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN
+            {
+                let message = error
+                    .and_then(|e| e["message"].as_str())
+                    .unwrap_or("refused");
+                let hint = if self.token.is_none() {
+                    "pass the token with --token or REGIS_TOKEN"
+                } else {
+                    "check the token given with --token or REGIS_TOKEN"
+                };
+                return Err(anyhow!(Refused {
+                    status,
+                    code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
+                    message: format!("{message} ({hint})"),
+                }));
+            }
             return Err(anyhow!(Refused {
                 status,
                 code: error.and_then(|e| e["code"].as_str()).map(str::to_string),

@@ -129,7 +129,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let hub = HubClient::new(&target.hub);
+            let hub = HubClient::new(&target.hub)?;
             let body = hub
                 .get(&format!("{}?limit={limit}", base(&target.region)))
                 .await?;
@@ -141,7 +141,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             Ok(())
         }
         DlqCommand::Show { target, id, json } => {
-            let hub = HubClient::new(&target.hub);
+            let hub = HubClient::new(&target.hub)?;
             let body = hub
                 .get(&format!("{}/{}", base(&target.region), segment(&id)))
                 .await?;
@@ -175,7 +175,7 @@ async fn act(
     field: &str,
     done: &str,
 ) -> anyhow::Result<()> {
-    let hub = HubClient::new(&target.hub);
+    let hub = HubClient::new(&target.hub)?;
     let body = hub
         .post(&format!("{}/{action}", base(&target.region)), &which.body())
         .await?;

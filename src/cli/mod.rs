@@ -15,6 +15,9 @@ mod dlq;
 mod status;
 mod verify;
 mod worker;
+// Remote workers over a WAN (issue 6).
+mod bench_remote;
+mod worker_hub;
 
 use std::path::PathBuf;
 
@@ -60,9 +63,9 @@ pub enum Command {
     },
     /// Publish one command through a hub's HTTP API and print its message id.
     Publish {
-        /// The hub's HTTP address.
-        #[arg(long, env = "REGIS_URL", default_value = "http://127.0.0.1:7700")]
-        url: String,
+        /// The hub, and the token it asks for.
+        #[command(flatten)]
+        hub: client::HubArgs,
         /// The Redis database the command targets.
         #[arg(long, default_value_t = 0)]
         db: u32,
@@ -86,8 +89,12 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Measure `regis verify` over two regions of many keys (see BENCHMARKS.md).
     BenchVerify(bench_verify::BenchVerifyArgs),
-    /// Run one region's worker in the region, against a NATS bus (bus.kind = "nats").
+    /// Run one region's worker in the region: leasing from a hub over HTTP(S) (`--hub`), or
+    /// against a NATS bus (bus.kind = "nats").
     Worker(worker::WorkerArgs),
+    /// Measure replication through a remote worker over a link with injected latency (see
+    /// BENCHMARKS.md, "Remote worker over a WAN").
+    BenchRemote(bench_remote::BenchRemoteArgs),
 }
 
 /// Ends `regis` with this exit status; the command has already said why.
@@ -99,7 +106,7 @@ pub struct Exit(pub u8);
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve::run(&config).await,
-        Command::Publish { url, db, command } => publish::run(&url, db, command).await,
+        Command::Publish { hub, db, command } => publish::run(&hub, db, command).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchResp(args) => bench_resp::run(args).await,
@@ -108,5 +115,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(args).await,
         Command::BenchVerify(args) => bench_verify::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::BenchRemote(args) => bench_remote::run(args).await,
     }
 }

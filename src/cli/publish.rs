@@ -6,10 +6,8 @@ use serde_json::json;
 use super::client::{HubArgs, HubClient};
 
 /// Publishes one command and prints the message id.
-pub async fn run(url: &str, db: u32, command: Vec<String>) -> anyhow::Result<()> {
-    let hub = HubClient::new(&HubArgs {
-        url: url.to_string(),
-    });
+pub async fn run(hub: &HubArgs, db: u32, command: Vec<String>) -> anyhow::Result<()> {
+    let hub = HubClient::new(hub)?;
     let body = hub
         .post("/v1/publish", &json!({ "commands": [command], "db": db }))
         .await?;

@@ -60,7 +60,7 @@ struct Redis {
 
 /// Prints the status table (or JSON).
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let hub = HubClient::new(&args.hub);
+    let hub = HubClient::new(&args.hub)?;
     let body = hub.get("/v1/status").await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);

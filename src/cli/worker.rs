@@ -1,12 +1,14 @@
 //! `regis worker --region NAME [--redis URL] --config FILE`: one region's worker, run in
 //! the region, next to its Redis.
 //!
+//! With `--hub URL` it leases the region's messages over the hub's HTTP API, whatever the
+//! hub's bus ([`super::worker_hub`], docs/remote.md); it needs no config file then.
+//!
 //! With `bus.kind = "nats"` the worker talks to NATS directly — typically to a NATS server
 //! in its own region (a leaf node of the hub's cluster, see docs/nats.md) — and needs no hub
 //! at all: it leases from its region's consumer, applies to the region's Redis and settles,
 //! exactly as the workers inside `regis serve` do. The hub's config marks the region
-//! `worker = "remote"` so it runs no worker of its own for it. `--hub URL` is reserved for a
-//! worker of the embedded bus that leases over the hub's HTTP API; it is not supported yet.
+//! `worker = "remote"` so it runs no worker of its own for it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use crate::health::RedisHealth;
 use crate::latency::LatencyWindow;
 use crate::worker::{self, WorkerSettings, backoff};
 
+use super::worker_hub::{self, HubWorkerArgs};
+
 /// Options of `regis worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -34,31 +38,36 @@ pub struct WorkerArgs {
     /// in the config.
     #[arg(long, env = "REGIS_REDIS")]
     pub redis: Option<String>,
-    /// The config file: its `[bus]`, `[delivery]`, `[worker]` and `[[regions]]` are used.
+    /// The config file: its `[bus]`, `[delivery]`, `[worker]` and `[[regions]]` are used
+    /// (not with --hub, which takes them from the hub).
     #[arg(long, short, default_value = "regis.toml")]
     pub config: PathBuf,
-    /// A hub's HTTP address, for a worker of the embedded bus (not supported yet).
-    #[arg(long)]
-    pub hub: Option<String>,
-    /// Consumers; defaults to the region's `concurrency` or `worker.concurrency`.
+    /// Consumers; defaults to the region's `concurrency` or `worker.concurrency` (with
+    /// --hub: 8, one lease in flight each).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Leasing from a hub over HTTP(S).
+    #[command(flatten)]
+    pub remote: HubWorkerArgs,
 }
 
 /// Runs the worker until SIGINT or SIGTERM, then finishes the batch in hand and exits.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    if let Some(hub) = &args.hub {
-        bail!(
-            "--hub {hub}: a worker leasing from the embedded bus over a hub's HTTP API is not supported yet; \
-             run the region's worker inside regis serve, or use a NATS bus (bus.kind = \"nats\") without --hub"
-        );
+    if let Some(hub) = args.remote.hub.clone() {
+        let Some(redis) = args.redis.clone() else {
+            bail!(
+                "regis worker --hub needs --redis URL (or REGIS_REDIS): the region's Redis, e.g. redis://127.0.0.1:6379"
+            );
+        };
+        let concurrency = args.concurrency.unwrap_or(8);
+        return worker_hub::run(args.remote, &hub, &args.region, &redis, concurrency).await;
     }
     let path = args.config.display().to_string();
     let config = Config::load(&args.config)?;
     let BusConfig::Nats(nats) = &config.bus else {
         bail!(
             "{path}: regis worker needs bus.kind = \"nats\"; with the embedded bus the workers run inside regis serve \
-             (a worker over the hub's HTTP API, --hub, is not supported yet)"
+             (or lease from a hub over HTTP with --hub URL)"
         );
     };
     let Some(region) = config.regions.iter().find(|r| r.name == args.region) else {

@@ -50,6 +50,10 @@ pub struct ApiState<B> {
     pub regions: Arc<Vec<RegionRuntime>>,
     /// Metrics rendering, when a recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
+    /// What remote workers are told about each region (the lease API).
+    pub lease: Arc<super::lease::LeaseState>,
+    /// Bearer tokens per role; `None` without `[auth]` (nothing is checked).
+    pub auth: Option<Arc<super::auth::HttpAuth>>,
 }
 
 impl<B: Clone> Clone for ApiState<B> {
@@ -59,6 +63,8 @@ impl<B: Clone> Clone for ApiState<B> {
             bus: self.bus.clone(),
             regions: self.regions.clone(),
             prometheus: self.prometheus.clone(),
+            lease: self.lease.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -85,6 +91,11 @@ pub fn router<B: Bus>(state: ApiState<B>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .merge(super::admin::dead_letter_routes::<B>())
         .layer(DefaultBodyLimit::max(body_limit))
+        .merge(super::lease::lease_routes::<B>())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require::<B>,
+        ))
         .with_state(state)
 }
 

@@ -444,10 +444,12 @@ pub fn write_config(dir: &Path, config: &Config, http_port: u16) -> PathBuf {
                 .unwrap_or_default()
         ),
     };
+    let extra = auth_table(config);
+    let (root, http) = root_and_http_keys(config);
     let text = format!(
-        "data_dir = {data:?}\nconvergence = \"{conv}\"\n{bus}[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+        "data_dir = {data:?}\nconvergence = \"{conv}\"\n{root}{bus}[http]\nlisten = \"127.0.0.1:{http_port}\"\n{http}\
          [delivery]\nmax_receives = {mr}\nvisibility_timeout = \"{vt}ms\"\nretry_backoff = \"{rb}ms\"\nretry_backoff_max = \"{rbm}ms\"\n\
-         [worker]\nredis_timeout = \"{rt}ms\"\n{regions}",
+         [worker]\nredis_timeout = \"{rt}ms\"\n{extra}{regions}",
         data = config.data_dir.display().to_string(),
         conv = config.convergence,
         mr = config.delivery.max_receives,
@@ -459,6 +461,48 @@ pub fn write_config(dir: &Path, config: &Config, http_port: u16) -> PathBuf {
     let path = dir.join("regis.toml");
     std::fs::write(&path, text).expect("write the config");
     path
+}
+
+/// The tables of issue 6 (`[auth]`) in TOML, when set.
+fn auth_table(config: &Config) -> String {
+    let mut text = String::new();
+    if let Some(auth) = &config.auth {
+        text.push_str("[auth]\n");
+        for (key, value) in [
+            ("publish", &auth.publish),
+            ("publish_env", &auth.publish_env),
+            ("worker", &auth.worker),
+            ("worker_env", &auth.worker_env),
+            ("admin", &auth.admin),
+            ("admin_env", &auth.admin_env),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!("{key} = {value:?}\n"));
+            }
+        }
+        text.push_str(&format!(
+            "healthz_open = {}\nmetrics_open = {}\n",
+            auth.healthz_open, auth.metrics_open
+        ));
+    }
+    text
+}
+
+/// Root keys and `[http]` keys of issue 6 (`max_bus_bytes`, HTTPS), when set.
+fn root_and_http_keys(config: &Config) -> (String, String) {
+    let root = config
+        .max_bus_bytes
+        .map(|cap| format!("max_bus_bytes = {cap}\n"))
+        .unwrap_or_default();
+    let mut http = String::new();
+    if let (Some(cert), Some(key)) = (&config.http.tls_cert, &config.http.tls_key) {
+        http = format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+    }
+    (root, http)
 }
 
 impl ServeProcess {
@@ -521,4 +565,114 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `regis worker --hub ...` as a child process: a remote region's worker.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    /// Runs `regis worker --hub HUB --region REGION --redis REDIS` plus `extra` arguments,
+    /// with `env` added to its environment. It retries until the hub answers, so it may be
+    /// started before the hub.
+    pub fn start(
+        hub: &str,
+        region: &str,
+        redis: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
+        command
+            .args(["worker", "--hub", hub, "--region", region, "--redis", redis])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .env_remove("REGIS_TOKEN")
+            .env_remove("REGIS_HUB")
+            .env_remove("REGIS_REDIS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        WorkerProcess {
+            child: command.spawn().expect("spawn regis worker"),
+        }
+    }
+
+    /// SIGKILL: leases in hand are neither applied nor settled.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for regis worker") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "regis worker did not exit within 30s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway certificate authority and a server certificate it signed for `localhost` and
+/// `127.0.0.1`, as PEM files in `dir`.
+pub struct TestCa {
+    /// The CA certificate (what clients trust).
+    pub ca_path: PathBuf,
+    /// The server's certificate chain.
+    pub cert_path: PathBuf,
+    /// The server's private key.
+    pub key_path: PathBuf,
+}
+
+/// Makes a [`TestCa`] in `dir`.
+pub fn test_ca(dir: &Path) -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Regis test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("a self-signed CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("a server key");
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("a server certificate");
+    let ca = TestCa {
+        ca_path: dir.join("ca.pem"),
+        cert_path: dir.join("cert.pem"),
+        key_path: dir.join("key.pem"),
+    };
+    std::fs::write(&ca.ca_path, ca_cert.pem()).expect("write ca.pem");
+    std::fs::write(&ca.cert_path, server_cert.pem()).expect("write cert.pem");
+    std::fs::write(&ca.key_path, server_key.serialize_pem()).expect("write key.pem");
+    ca
 }

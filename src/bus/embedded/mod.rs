@@ -27,6 +27,9 @@
 //!   it from then on; the floor moves past it and the topic row can be collected.
 //! * Topic rows below every region's floor are deleted, so the file does not grow without
 //!   bound; the backlog of a stopped region stays on disk, not in memory.
+//! * With `max_bus_bytes` (SQLite's `max_page_count`), a publish that would grow the file
+//!   past the cap fails alone (a savepoint) with a "bus full" error; the rest of its group
+//!   commit goes through, and non-publishing work has a little headroom so the bus drains.
 
 mod store;
 
@@ -130,6 +133,15 @@ impl EmbeddedBus {
         let (tx, rx) = oneshot::channel();
         self.inner.requests.send(make(tx)).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Caps the database file at `max_bytes` (`max_bus_bytes`; `None` lifts the cap).
+    /// Publishes that would grow it further are refused with a `Storage` error saying the
+    /// bus is full — never acknowledged and lost — while settles, retries and collection
+    /// keep a little headroom so the regions can drain and free room.
+    pub async fn limit_size(&self, max_bytes: Option<u64>) -> Result<(), BusError> {
+        self.call(|reply| Request::LimitSize { max_bytes, reply })
+            .await
     }
 
     /// What the bus holds on disk.

@@ -72,6 +72,11 @@ pub(super) enum Request {
     Footprint {
         reply: Reply<Footprint>,
     },
+    /// Caps the database at `max_bytes` (`max_bus_bytes`), or lifts the cap.
+    LimitSize {
+        max_bytes: Option<u64>,
+        reply: Reply<()>,
+    },
     /// Persist progress, answer, stop.
     Close {
         reply: oneshot::Sender<()>,
@@ -180,6 +185,54 @@ fn storage(err: rusqlite::Error) -> BusError {
     }
 }
 
+fn storage_ref(err: &rusqlite::Error) -> BusError {
+    match err {
+        rusqlite::Error::SqliteFailure(e, m) => {
+            storage(rusqlite::Error::SqliteFailure(*e, m.clone()))
+        }
+        other => BusError::new(
+            BusErrorKind::Storage,
+            format!("embedded bus storage error: {other}"),
+        ),
+    }
+}
+
+impl Request {
+    /// Answers the request with `err` (its transaction failed before it was handled).
+    fn fail(self, err: &BusError) {
+        let err = err.clone();
+        match self {
+            Request::Publish { reply, .. } => drop(reply.send(Err(err))),
+            Request::HighWater { reply } => drop(reply.send(Err(err))),
+            Request::Receive { reply, .. } => drop(reply.send(Err(err))),
+            Request::Settle { reply, .. } => drop(reply.send(Err(err))),
+            Request::ListDead { reply, .. } => drop(reply.send(Err(err))),
+            Request::GetDead { reply, .. } => drop(reply.send(Err(err))),
+            Request::Redrive { reply, .. } => drop(reply.send(Err(err))),
+            Request::Purge { reply, .. } => drop(reply.send(Err(err))),
+            Request::Stats { reply } => drop(reply.send(Err(err))),
+            Request::Footprint { reply } => drop(reply.send(Err(err))),
+            Request::LimitSize { reply, .. } => drop(reply.send(Err(err))),
+            Request::Close { .. } | Request::Shutdown => {}
+        }
+    }
+}
+
+fn is_full(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull)
+}
+
+/// `max_bus_bytes` as page counts. Publishes may grow the file to `publish_pages`; all
+/// other work (settles, retries, dead letters, floors, collection) may use `drain_pages`,
+/// a little more, so that a full bus still drains — and draining is what frees pages for
+/// publishes again (deleted rows' pages are reused before the file grows).
+#[derive(Clone, Copy, Debug)]
+struct SizeCap {
+    bytes: u64,
+    publish_pages: u64,
+    drain_pages: u64,
+}
+
 /// Logs (once per expiry) and counts a delivery whose lease expired unsettled: it is
 /// retried like any other failure, and operators want to know a worker stopped settling.
 fn lease_expired_event(region: &str, body: &[u8], seq: u64, attempt: u32) {
@@ -282,6 +335,15 @@ pub(super) struct Store {
     last_floor_write: Instant,
     last_dead_letter_expiry: Instant,
     gc_floor: u64,
+    /// `max_bus_bytes`, if set.
+    cap: Option<SizeCap>,
+    /// Whether `max_page_count` is set for publishes now (`None`: not set yet).
+    cap_publishing: Option<bool>,
+    /// Whether the last publish was refused for want of room (logged once per episode).
+    full: bool,
+    /// Bytes the database uses (pages in use), measured at the start of each transaction
+    /// when there is a cap, plus what this transaction's publishes added.
+    used_bytes: u64,
 }
 
 impl Store {
@@ -341,6 +403,10 @@ impl Store {
                 .checked_sub(DEAD_LETTER_EXPIRY_EVERY)
                 .unwrap_or_else(Instant::now),
             gc_floor: 0,
+            cap: None,
+            cap_publishing: None,
+            full: false,
+            used_bytes: 0,
         };
         store.load().map_err(storage)?;
         Ok(store)
@@ -496,6 +562,93 @@ impl Store {
         Ok(())
     }
 
+    /// Sets `max_page_count` for publishing or for draining work, when there is a cap.
+    fn cap_for(&mut self, publishing: bool) -> rusqlite::Result<()> {
+        let Some(cap) = self.cap else {
+            return Ok(());
+        };
+        if self.cap_publishing != Some(publishing) {
+            let pages = if publishing {
+                cap.publish_pages
+            } else {
+                cap.drain_pages
+            };
+            // SQLite keeps the larger of this and the current size: a file already above
+            // the cap is not truncated, it only stops growing.
+            self.conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            self.cap_publishing = Some(publishing);
+        }
+        Ok(())
+    }
+
+    fn limit_size(&mut self, max_bytes: Option<u64>) -> rusqlite::Result<()> {
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size = page_size.max(512) as u64;
+        self.cap = max_bytes.map(|bytes| {
+            let publish_pages = (bytes / page_size).max(1);
+            SizeCap {
+                bytes,
+                publish_pages,
+                drain_pages: publish_pages + (publish_pages / 16).max(256),
+            }
+        });
+        self.cap_publishing = None;
+        match self.cap {
+            Some(cap) => {
+                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                if pages as u64 > cap.publish_pages {
+                    tracing::warn!(
+                        max_bus_bytes = cap.bytes,
+                        file_bytes = pages as u64 * page_size,
+                        "the bus is already larger than max_bus_bytes: publishes are refused until the regions catch up and free room"
+                    );
+                }
+                self.cap_for(false)
+            }
+            None => self
+                .conn
+                .query_row("PRAGMA max_page_count = 4294967294", [], |_| Ok(())),
+        }
+    }
+
+    /// Answers a publish that found no room (logged once per episode).
+    fn refuse_full(&mut self, reply: Reply<()>) {
+        let refusal = self.full_error();
+        if !self.full {
+            self.full = true;
+            tracing::error!(error = %refusal, "publish refused: the bus is full");
+            crate::metrics::BusFull { full: true }.emit();
+        }
+        // Nothing of it was written: the answer need not wait for the commit.
+        let _ = reply.send(Err(refusal));
+    }
+
+    /// Pages in use (free pages excluded: they are reused first) times the page size.
+    fn bytes_in_use(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * page_size) as u64)
+    }
+
+    /// Why a publish found no room.
+    fn full_error(&self) -> BusError {
+        let message = match self.cap {
+            Some(cap) => format!(
+                "the bus is full (max_bus_bytes = {} bytes, or the disk holding data_dir is full) with messages the regions have not applied yet; nothing was stored; publishing resumes as they catch up (see `regis status`), or raise max_bus_bytes",
+                cap.bytes
+            ),
+            None => {
+                "the disk holding data_dir is full: nothing was stored; free space and try again"
+                    .to_string()
+            }
+        };
+        BusError::new(BusErrorKind::Storage, message)
+    }
+
     /// Runs `batch` and housekeeping in one transaction; answers only after it committed.
     /// `durable` forces an fsync even without publishes (used when stopping).
     fn transaction(&mut self, batch: Vec<Request>, durable: bool) {
@@ -505,9 +658,21 @@ impl Store {
         let outcome = (|| -> rusqlite::Result<()> {
             self.set_sync(has_publish)?;
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            for request in batch {
-                self.handle(request, &mut deferred, &mut wake)?;
+            if self.cap.is_some() && has_publish {
+                self.used_bytes = self.bytes_in_use()?;
             }
+            let mut requests = batch.into_iter();
+            while let Some(request) = requests.next() {
+                if let Err(err) = self.handle(request, &mut deferred, &mut wake) {
+                    // Requests not reached share the transaction's fate: answer them too.
+                    let failure = storage_ref(&err);
+                    for rest in requests {
+                        rest.fail(&failure);
+                    }
+                    return Err(err);
+                }
+            }
+            self.cap_for(false)?;
             wake |= self.housekeeping()?;
             self.persist_progress(durable)?;
             self.conn.execute_batch("COMMIT")
@@ -541,21 +706,67 @@ impl Store {
         deferred: &mut Vec<Deferred>,
         wake: &mut bool,
     ) -> rusqlite::Result<()> {
+        self.cap_for(matches!(request, Request::Publish { .. }))?;
         match request {
             Request::Publish { messages, reply } => {
-                let mut insert = self.conn.prepare_cached(
-                    "INSERT INTO messages (seq, published_at, body) VALUES (?1, ?2, ?3)",
-                )?;
-                for message in &messages {
-                    self.last_seq += 1;
-                    insert.execute(params![
-                        self.last_seq as i64,
-                        message.published_at_ms as i64,
-                        message.body.as_ref()
-                    ])?;
-                    self.high_water = self.high_water.max(Some(message.version));
+                // A publish that finds no room (max_bus_bytes, or a full disk) is refused on
+                // its own: the settles and leases sharing its transaction still commit, so a
+                // full bus keeps draining instead of failing every request with it.
+                if let Some(cap) = self.cap {
+                    // Refused before SQLite is asked: hitting max_page_count may roll back the
+                    // whole transaction, not just this publish.
+                    let incoming: u64 = messages.iter().map(|m| m.body.len() as u64 + 64).sum();
+                    if self.used_bytes + incoming > cap.bytes {
+                        self.refuse_full(reply);
+                        return Ok(());
+                    }
+                    self.used_bytes += incoming;
                 }
-                *wake = true;
+                let (last_seq, high_water) = (self.last_seq, self.high_water);
+                self.conn.execute_batch("SAVEPOINT publish")?;
+                let inserted = {
+                    let mut insert = self.conn.prepare_cached(
+                        "INSERT INTO messages (seq, published_at, body) VALUES (?1, ?2, ?3)",
+                    )?;
+                    let mut result = Ok(());
+                    for message in &messages {
+                        self.last_seq += 1;
+                        if let Err(err) = insert.execute(params![
+                            self.last_seq as i64,
+                            message.published_at_ms as i64,
+                            message.body.as_ref()
+                        ]) {
+                            result = Err(err);
+                            break;
+                        }
+                        self.high_water = self.high_water.max(Some(message.version));
+                    }
+                    result
+                };
+                match inserted {
+                    Ok(()) => {
+                        self.conn.execute_batch("RELEASE publish")?;
+                        if self.full {
+                            self.full = false;
+                            tracing::info!("the bus has room again: publishes are accepted");
+                            crate::metrics::BusFull { full: false }.emit();
+                        }
+                        *wake = true;
+                        deferred.push(defer(reply, Ok(())));
+                    }
+                    // The disk itself is full, and SQLite undid just this statement.
+                    Err(err) if is_full(&err) && !self.conn.is_autocommit() => {
+                        self.conn
+                            .execute_batch("ROLLBACK TO publish; RELEASE publish")?;
+                        self.last_seq = last_seq;
+                        self.high_water = high_water;
+                        self.refuse_full(reply);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Request::LimitSize { max_bytes, reply } => {
+                self.limit_size(max_bytes)?;
                 deferred.push(defer(reply, Ok(())));
             }
             Request::HighWater { reply } => deferred.push(defer(reply, Ok(self.high_water))),

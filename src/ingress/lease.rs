@@ -1,0 +1,408 @@
+//! The lease API: how a worker running in its own region, far from the hub, consumes that
+//! region's queue over HTTP ([`crate::bus::remote::RemoteBus`] is its client).
+//!
+//! ```text
+//! GET  /v1/worker/regions/{region}           the region's settings (JSON): convergence, retries, lease length
+//! POST /v1/worker/regions/{region}/lease     settle what is done, then lease up to `max` (postcard both ways)
+//! POST /v1/worker/regions/{region}/settle    settle only (postcard in, 204 out)
+//! POST /v1/worker/regions/{region}/release   a stopping worker's waiting leases end, empty (204)
+//! ```
+//!
+//! A lease whose worker went away while it waited would still take messages when they
+//! arrive (the hub cannot tell a silent peer from a slow one) and hold them for a visibility
+//! timeout. A worker that stops cleanly therefore releases its session first; one that dies
+//! or loses the link costs that delay once, which is what leases are for.
+//!
+//! A lease is the bus's own: the messages stay invisible for `delivery.visibility_timeout`
+//! and come back if the worker dies or the link drops before it settles. Settling is the
+//! bus's idempotent settle, so a settlement resent after a timeout does no harm.
+//!
+//! Long-polling: a lease waits up to `wait_ms` for a first message, then up to `linger_ms`
+//! to fill its batch. A region's lease requests take turns (a fair lock): a worker keeps
+//! several requests in flight, and if all of them woke for the same first message they
+//! would all return within a millisecond with a message each and leave nobody waiting at
+//! the hub for the rest of the round trip. Taking turns, each covers its linger of arrivals
+//! and the next is already waiting. Settlements carried by a lease are applied before it
+//! takes its turn, so they never wait behind another request's long-poll.
+//!
+//! Bodies are limited to [`wire::MAX_REQUEST_BYTES`]; the memory a lease holds is its own
+//! batch, so a region far behind costs the hub disk, not memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes as Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::http::{ApiState, error_response};
+use crate::bus::remote::wire::{
+    self, LeaseRequest, LeaseResponse, RegionSettings, ReleaseRequest, SettleRequest, WireDelivery,
+};
+use crate::bus::{Bus, BusError, BusErrorKind, Delivery};
+use crate::config::{Config, WorkerPlacement};
+
+/// What the lease routes know of every region.
+pub struct LeaseState {
+    regions: HashMap<String, LeaseRegion>,
+    visibility_timeout: Duration,
+    /// Cancelled when the hub stops: waiting leases answer at once (empty) instead of
+    /// holding the graceful shutdown for a whole poll.
+    stopping: CancellationToken,
+    /// Worker sessions with leases waiting: a token that ends them, how many wait, and
+    /// the entry's generation (a released session joined again is a new entry).
+    sessions: std::sync::Mutex<HashMap<u64, Session>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+struct LeaseRegion {
+    settings: RegionSettings,
+    /// Lease requests of this region take turns (see the module docs).
+    turn: Arc<Mutex<()>>,
+}
+
+struct Session {
+    released: CancellationToken,
+    waiting: usize,
+    generation: u64,
+}
+
+/// A lease's registration in its session; unregisters when dropped.
+struct SessionGuard<'a> {
+    state: &'a LeaseState,
+    session: u64,
+    generation: u64,
+    released: CancellationToken,
+}
+
+impl LeaseState {
+    fn join(&self, session: u64) -> SessionGuard<'_> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sessions.entry(session).or_insert_with(|| Session {
+            released: CancellationToken::new(),
+            waiting: 0,
+            generation: self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        });
+        entry.waiting += 1;
+        SessionGuard {
+            state: self,
+            session,
+            generation: entry.generation,
+            released: entry.released.clone(),
+        }
+    }
+
+    fn release(&self, session: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = sessions.remove(&session) {
+            entry.released.cancel();
+        }
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        let mut sessions = self
+            .state
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = sessions.get_mut(&self.session)
+            && entry.generation == self.generation
+        {
+            entry.waiting -= 1;
+            if entry.waiting == 0 {
+                sessions.remove(&self.session);
+            }
+        }
+    }
+}
+
+impl LeaseState {
+    /// From the hub's configuration; waiting leases end when `stopping` is cancelled.
+    pub fn from_config(config: &Config, stopping: CancellationToken) -> LeaseState {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let regions = config
+            .regions
+            .iter()
+            .map(|region| {
+                let settings = RegionSettings {
+                    region: region.name.clone(),
+                    wire_version: wire::WIRE_VERSION,
+                    convergence: config.convergence,
+                    tombstone_ttl_ms: ms(config.tombstone_ttl()),
+                    max_receives: config.delivery.max_receives,
+                    retry_backoff_ms: ms(config.delivery.retry_backoff),
+                    retry_backoff_max_ms: ms(config.delivery.retry_backoff_max),
+                    visibility_timeout_ms: ms(config.delivery.visibility_timeout),
+                    redis_timeout_ms: ms(config.worker.redis_timeout),
+                    placement: match region.worker {
+                        WorkerPlacement::Local => "local".into(),
+                        WorkerPlacement::Remote => "remote".into(),
+                    },
+                };
+                (
+                    region.name.clone(),
+                    LeaseRegion {
+                        settings,
+                        turn: Arc::new(Mutex::new(())),
+                    },
+                )
+            })
+            .collect();
+        LeaseState {
+            regions,
+            visibility_timeout: config.delivery.visibility_timeout,
+            stopping,
+            sessions: std::sync::Mutex::new(HashMap::new()),
+            generations: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn region(&self, name: &str) -> Result<&LeaseRegion, Box<Response>> {
+        self.regions.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = self.regions.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Box::new(error_response(
+                StatusCode::NOT_FOUND,
+                "unknown_region",
+                format!(
+                    "unknown region {name:?}: this hub's regions are {}",
+                    known.join(", ")
+                ),
+            ))
+        })
+    }
+}
+
+/// The lease routes, to merge into the hub's router.
+pub fn lease_routes<B: Bus>() -> Router<ApiState<B>> {
+    Router::new()
+        .route("/v1/worker/regions/{region}", get(settings::<B>))
+        .route("/v1/worker/regions/{region}/lease", post(lease::<B>))
+        .route("/v1/worker/regions/{region}/settle", post(settle::<B>))
+        .route("/v1/worker/regions/{region}/release", post(release::<B>))
+        .layer(DefaultBodyLimit::max(wire::MAX_REQUEST_BYTES))
+}
+
+async fn settings<B: Bus>(
+    State(state): State<ApiState<B>>,
+    Path(region): Path<String>,
+) -> Response {
+    match state.lease.region(&region) {
+        Ok(r) => (StatusCode::OK, Json(r.settings.clone())).into_response(),
+        Err(response) => *response,
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, Box<Response>> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "request body too large: lease and settle requests may be at most {} bytes; settle fewer deliveries per request",
+                wire::MAX_REQUEST_BYTES
+            )
+        } else {
+            rejection.body_text()
+        };
+        Box::new(error_response(status, "bad_body", message))
+    })?;
+    postcard::from_bytes(&body).map_err(|err| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!(
+                "the body is not a lease API request ({err}); the worker and the hub must run the same Regis release (lease API version {})",
+                wire::WIRE_VERSION
+            ),
+        ))
+    })
+}
+
+fn bus_error(err: BusError) -> Response {
+    let (status, code) = match err.kind() {
+        BusErrorKind::UnknownRegion => (StatusCode::NOT_FOUND, "unknown_region"),
+        BusErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        BusErrorKind::Storage | BusErrorKind::Closed | BusErrorKind::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+    };
+    error_response(status, code, err.to_string())
+}
+
+async fn apply_settlements<B: Bus>(
+    bus: &B,
+    region: &str,
+    settle: Vec<wire::Settlement>,
+) -> Result<(), Response> {
+    if settle.len() > wire::MAX_SETTLEMENTS {
+        return Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_settlements",
+            format!(
+                "{} settlements in one request; send at most {}",
+                settle.len(),
+                wire::MAX_SETTLEMENTS
+            ),
+        ));
+    }
+    if settle.is_empty() {
+        return Ok(());
+    }
+    let count = settle.len() as u64;
+    let settlements = settle.into_iter().map(wire::Settlement::into_bus).collect();
+    bus.settle(region, settlements).await.map_err(bus_error)?;
+    crate::metrics::RemoteSettled { region, count }.emit();
+    Ok(())
+}
+
+async fn lease<B: Bus>(
+    State(state): State<ApiState<B>>,
+    Path(region): Path<String>,
+    body: Result<Body, BytesRejection>,
+) -> Response {
+    let turn = match state.lease.region(&region) {
+        Ok(r) => r.turn.clone(),
+        Err(response) => return *response,
+    };
+    let request: LeaseRequest = match decode(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    if !(1..=wire::MAX_LEASE).contains(&request.max) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_max",
+            format!(
+                "max {} is out of range: lease 1 to {} messages",
+                request.max,
+                wire::MAX_LEASE
+            ),
+        );
+    }
+    if let Err(response) = apply_settlements(&state.bus, &region, request.settle).await {
+        return response;
+    }
+    let wait = Duration::from_millis(u64::from(request.wait_ms)).min(wire::MAX_WAIT);
+    let linger = Duration::from_millis(u64::from(request.linger_ms)).min(wire::MAX_LINGER);
+    let max = request.max as usize;
+    let deliveries = {
+        let stopping = &state.lease.stopping;
+        // The wait counts from the request's arrival, the time spent waiting for its turn
+        // included: a worker's requests in an idle region all come back within `wait`.
+        let deadline = tokio::time::Instant::now() + wait;
+        let batch = async {
+            let Ok(_turn) = tokio::time::timeout_at(deadline, turn.lock()).await else {
+                return Ok(Vec::new());
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            receive_batch(&state.bus, &region, max, left, linger).await
+        };
+        let session = state.lease.join(request.session);
+        let received = tokio::select! {
+            received = batch => received,
+            _ = stopping.cancelled() => Ok(Vec::new()),
+            _ = session.released.cancelled() => Ok(Vec::new()),
+        };
+        drop(session);
+        match received {
+            Ok(deliveries) => deliveries,
+            Err(err) => return bus_error(err),
+        }
+    };
+    crate::metrics::RemoteLeased {
+        region: &region,
+        count: deliveries.len() as u64,
+    }
+    .emit();
+    let response = LeaseResponse {
+        visibility_timeout_ms: state.lease.visibility_timeout.as_millis() as u64,
+        deliveries: deliveries.into_iter().map(WireDelivery::from).collect(),
+    };
+    match postcard::to_stdvec(&response) {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, wire::CONTENT_TYPE)],
+            bytes,
+        )
+            .into_response(),
+        // Cannot happen for these types; the leases expire and are delivered again.
+        Err(err) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encode",
+            format!("cannot encode the lease: {err}"),
+        ),
+    }
+}
+
+/// Up to `max` messages: waits `wait` for the first, then up to `linger` for more.
+async fn receive_batch<B: Bus>(
+    bus: &B,
+    region: &str,
+    max: usize,
+    wait: Duration,
+    linger: Duration,
+) -> Result<Vec<Delivery>, BusError> {
+    let mut deliveries = bus.receive(region, max, wait).await?;
+    if deliveries.is_empty() || linger.is_zero() {
+        return Ok(deliveries);
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while deliveries.len() < max {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let more = bus.receive(region, max - deliveries.len(), left).await?;
+        if more.is_empty() {
+            break;
+        }
+        deliveries.extend(more);
+    }
+    Ok(deliveries)
+}
+
+async fn settle<B: Bus>(
+    State(state): State<ApiState<B>>,
+    Path(region): Path<String>,
+    body: Result<Body, BytesRejection>,
+) -> Response {
+    if let Err(response) = state.lease.region(&region) {
+        return *response;
+    }
+    let request: SettleRequest = match decode(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    match apply_settlements(&state.bus, &region, request.settle).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn release<B: Bus>(
+    State(state): State<ApiState<B>>,
+    Path(region): Path<String>,
+    body: Result<Body, BytesRejection>,
+) -> Response {
+    if let Err(response) = state.lease.region(&region) {
+        return *response;
+    }
+    let request: ReleaseRequest = match decode(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    state.lease.release(request.session);
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,614 @@
+//! Regions on other machines: a `regis worker --hub` child process leasing from a hub
+//! through a proxy that imitates a WAN link (70 ms each way, partitions, resets) — real
+//! `redis-server`s, real sockets, the real `regis` binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use regis::config::{AuthConfig, Config, WorkerPlacement};
+use regis::redis_process::{RedisProcess, free_port};
+use regis::snapshot::Entry;
+use regis::wan::WanProxy;
+use serde_json::{Value, json};
+
+const PUBLISH: &str = "publish-token-0123456789abcdef";
+const WORKER: &str = "worker-token-0123456789abcdef";
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// One way; the round trip is twice this.
+const WAN: Duration = Duration::from_millis(70);
+
+/// Regions r0 (worker in the hub) and r1 (`worker = "remote"`), with `[auth]`.
+fn remote_config(data_dir: &std::path::Path, regions: &[RedisProcess]) -> Config {
+    let mut config = config(data_dir, regions);
+    config.regions[1].worker = WorkerPlacement::Remote;
+    config.auth = Some(AuthConfig {
+        publish: Some(PUBLISH.into()),
+        worker: Some(WORKER.into()),
+        admin: Some(ADMIN.into()),
+        healthz_open: true,
+        ..AuthConfig::default()
+    });
+    config
+}
+
+/// Publishes one message with the publish token.
+async fn publish_as(addr: SocketAddr, commands: Value) -> Result<String, (u16, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/publish"))
+        .bearer_auth(PUBLISH)
+        .json(&json!({ "commands": commands }))
+        .send()
+        .await
+        .map_err(|err| (0, json!(err.to_string())))?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 200 {
+        Ok(body["id"].as_str().unwrap_or_default().to_string())
+    } else {
+        Err((status, body))
+    }
+}
+
+/// The message of index `i`: a key of its own and a shared counter, so a region that lost
+/// or doubled a message shows it.
+fn message(i: usize) -> Value {
+    json!([
+        ["SET", format!("key{i}"), format!("value{i}")],
+        ["INCRBY", "total", 1]
+    ])
+}
+
+/// Waits until every region holds every acknowledged message and all regions are equal.
+async fn assert_acknowledged_everywhere(
+    regions: &[RedisProcess],
+    acked: &[usize],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut problems = Vec::new();
+        let mut snaps = Vec::new();
+        for (r, region) in regions.iter().enumerate() {
+            let snap = snapshot(region).await;
+            let missing: Vec<&usize> = acked
+                .iter()
+                .filter(|i| {
+                    snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
+                        != Some(&Entry::String(format!("value{i}").into_bytes()))
+                })
+                .take(5)
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "region r{r} lacks acknowledged messages {missing:?}"
+                ));
+            }
+            snaps.push(snap);
+        }
+        for (r, snap) in snaps.iter().enumerate().skip(1) {
+            let diffs = snaps[0].differences(snap, 1500, 5);
+            if !diffs.is_empty() {
+                problems.push(format!("region r{r} differs from r0: {diffs:?}"));
+            }
+        }
+        if let Some(entry) = snaps[0].keys.get(b"total".as_slice()) {
+            // Each message is counted once (lww counters are exactly-once), so the total is
+            // the number of distinct messages applied: at least those acknowledged.
+            let total: usize = match &entry.0 {
+                Entry::String(v) => String::from_utf8_lossy(v).parse().unwrap_or(0),
+                _ => 0,
+            };
+            let keys = snaps[0]
+                .keys
+                .keys()
+                .filter(|k| k.starts_with(b"key"))
+                .count();
+            if total != keys {
+                problems.push(format!(
+                    "counter says {total} messages, {keys} keys are there"
+                ));
+            }
+        } else if !acked.is_empty() {
+            problems.push("no counter yet".into());
+        }
+        if problems.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", problems.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A hub (`regis serve` child) with r1 remote, a WAN proxy in front of it and a worker for
+/// r1 behind the proxy.
+struct Wan {
+    regions: Vec<RedisProcess>,
+    _data: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    addr: SocketAddr,
+    serve: ServeProcess,
+    proxy: WanProxy,
+    worker: WorkerProcess,
+}
+
+impl Wan {
+    async fn start() -> Wan {
+        let regions = regions(2);
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = remote_config(&data.path().join("bus"), &regions);
+        let config_path = write_config(data.path(), &config, port);
+        let serve = ServeProcess::start(&config_path, addr).await;
+        let proxy = WanProxy::start(addr, WAN).await.unwrap();
+        let worker = Wan::worker(&proxy, &regions[1]);
+        Wan {
+            regions,
+            _data: data,
+            config_path,
+            addr,
+            serve,
+            proxy,
+            worker,
+        }
+    }
+
+    fn worker(proxy: &WanProxy, region: &RedisProcess) -> WorkerProcess {
+        WorkerProcess::start(
+            &format!("http://{}", proxy.addr()),
+            "r1",
+            &region.url(),
+            &[
+                "--concurrency",
+                "4",
+                "--batch-size",
+                "200",
+                "--request-timeout",
+                "5s",
+            ],
+            &[("REGIS_TOKEN", WORKER)],
+        )
+    }
+
+    async fn status(&self) -> Value {
+        reqwest::Client::new()
+            .get(format!("http://{}/v1/status", self.addr))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("the hub answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    async fn in_flight(&self, region: &str) -> u64 {
+        let status = self.status().await;
+        status["regions"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == region))
+            .and_then(|r| r["in_flight"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Publishes messages `from..to` one after another; returns the acknowledged indexes. A
+/// publish that fails (the hub is down) is not retried: its fate is unknown, and only
+/// acknowledged messages are owed.
+async fn publish_range(addr: SocketAddr, from: usize, to: usize) -> Vec<usize> {
+    let mut acked = Vec::new();
+    for i in from..to {
+        if publish_as(addr, message(i)).await.is_ok() {
+            acked.push(i);
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_replicates_over_a_wan_link() {
+    let wan = Wan::start().await;
+    let acked = publish_range(wan.addr, 0, 300).await;
+    assert_eq!(acked.len(), 300, "every publish is acknowledged");
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(30)).await;
+
+    // Publish→visible in the remote region, one message at a time: at least the one-way
+    // latency (the lease answer crosses the link once), and not much more when idle.
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let key = format!("probe{i}");
+        let started = Instant::now();
+        publish_as(wan.addr, json!([["SET", key, "x"]]))
+            .await
+            .unwrap();
+        let seen = eventually(Duration::from_secs(10), || async {
+            matches!(
+                redis_cmd(&wan.regions[1], &["EXISTS", &key]).await,
+                redis::Value::Int(1)
+            )
+        })
+        .await;
+        assert!(seen, "probe {i} reached the remote region");
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    eprintln!(
+        "publish→visible in the remote region over a {WAN:?}-each-way link: p50 {p50:?}, max {max:?} (20 probes)"
+    );
+    assert!(
+        latencies[0] >= WAN,
+        "the link's latency is really there: {latencies:?}"
+    );
+    assert!(p50 < Duration::from_millis(1000), "p50 {p50:?}");
+    assert!(wan.proxy.accepted_connections() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_session_s_waiting_lease_takes_nothing() {
+    use regis::bus::Stats;
+    use regis::bus::remote::wire::{LeaseRequest, LeaseResponse};
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let config = remote_config(&data.path().join("bus"), &regions);
+    let hub = start_hub(&config).await;
+    let addr = hub.http_addr();
+    // A long-poll that the worker gives up on (its process died, the link dropped).
+    let body = postcard::to_stdvec(&LeaseRequest {
+        max: 100,
+        wait_ms: 20_000,
+        linger_ms: 0,
+        settle: vec![],
+        session: 7,
+    })
+    .unwrap();
+    let request = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
+        .bearer_auth(WORKER)
+        .body(body)
+        .send();
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), request).await;
+    assert!(abandoned.is_err(), "the long-poll was still waiting");
+    // The stopping worker releases its session (what RemoteBus::close does).
+    let release =
+        postcard::to_stdvec(&regis::bus::remote::wire::ReleaseRequest { session: 7 }).unwrap();
+    let released = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/worker/regions/r1/release"))
+        .bearer_auth(WORKER)
+        .body(release)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 204);
+    publish_as(addr, message(0)).await.unwrap();
+    // Had the abandoned poll leased it, a live one would only get it after the visibility
+    // timeout (3 s), as a second delivery.
+    let started = Instant::now();
+    let body = postcard::to_stdvec(&LeaseRequest {
+        max: 100,
+        wait_ms: 5_000,
+        linger_ms: 0,
+        settle: vec![],
+        session: 8,
+    })
+    .unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
+        .bearer_auth(WORKER)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let lease: LeaseResponse = postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(lease.deliveries.len(), 1);
+    assert_eq!(lease.deliveries[0].receive_count, 1, "first delivery");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = hub.bus().stats().await.unwrap();
+    let r1 = stats.iter().find(|s| s.name == "r1").unwrap();
+    assert_eq!((r1.depth, r1.in_flight), (0, 1), "{r1:?}");
+    hub.shutdown().await;
+}
+
+/// Publishes messages 0, 1, 2, … one after another (with a pause between them) until
+/// stopped; keeps the acknowledged indexes. Failures (the hub is down) are skipped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, pause: Duration) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let stop = stop.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if publish_as(addr, message(i)).await.is_ok() {
+                        acked.lock().unwrap().push(i);
+                    }
+                    i += 1;
+                    tokio::time::sleep(pause).await;
+                }
+            })
+        };
+        Load { stop, acked, task }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        let reached = eventually(Duration::from_secs(30), || async { self.acked() >= n }).await;
+        assert!(
+            reached,
+            "the load reached {n} acknowledged messages (at {})",
+            self.acked()
+        );
+    }
+
+    async fn finish(self) -> Vec<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+async fn keys_in(region: &RedisProcess) -> usize {
+    snapshot(region).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_during_publishing_then_catch_up_loses_nothing() {
+    let wan = Wan::start().await;
+    let load = Load::start(wan.addr, Duration::from_millis(5));
+    load.wait_for(100).await;
+    let synced = eventually(Duration::from_secs(20), || async {
+        keys_in(&wan.regions[1]).await >= 50
+    })
+    .await;
+    assert!(synced, "the remote region applies before the partition");
+
+    wan.proxy.partition();
+    let acked_at_cut = load.acked();
+    // The scenario: the link stays down for 4 seconds while producers keep publishing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Nothing published after the cut can have crossed (the producer publishes one message
+    // at a time, so at most one was in flight at the cut).
+    let crossed: Vec<usize> = snapshot(&wan.regions[1])
+        .await
+        .keys
+        .keys()
+        .filter_map(|k| {
+            std::str::from_utf8(k)
+                .ok()?
+                .strip_prefix("key")?
+                .parse()
+                .ok()
+        })
+        .filter(|i: &usize| *i > acked_at_cut)
+        .collect();
+    assert!(
+        crossed.is_empty(),
+        "nothing crosses a partitioned link, yet {} messages published after the cut reached the region",
+        crossed.len()
+    );
+    assert!(
+        load.acked() > acked_at_cut + 50,
+        "publishing goes on while the region is cut off"
+    );
+    // The link comes back with its connections reset, as a NAT that lost its state would.
+    wan.proxy.reset_all();
+    wan.proxy.heal();
+    let healed = Instant::now();
+    let acked = load.finish().await;
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+    eprintln!(
+        "partition of 4 s: {} messages acknowledged in all; the remote region caught up {:?} after the link returned",
+        acked.len(),
+        healed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_hub_under_load_loses_nothing_acknowledged() {
+    let mut wan = Wan::start().await;
+    let load = Load::start(wan.addr, Duration::from_millis(2));
+    load.wait_for(200).await;
+    wan.serve.kill_9();
+    let before_restart = load.acked();
+    wan.serve = ServeProcess::start(&wan.config_path, wan.addr).await;
+    load.wait_for(before_restart + 200).await;
+    let acked = load.finish().await;
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_remote_worker_mid_batch_loses_nothing() {
+    let mut wan = Wan::start().await;
+    let load = Load::start(wan.addr, Duration::from_millis(2));
+    load.wait_for(100).await;
+    // Mid-batch: the hub has leases out to it.
+    let holding = eventually(Duration::from_secs(20), || async {
+        wan.in_flight("r1").await > 0
+    })
+    .await;
+    assert!(holding, "the worker holds leases");
+    wan.worker.kill_9();
+    load.wait_for(load.acked() + 200).await;
+    wan.worker = Wan::worker(&wan.proxy, &wan.regions[1]);
+    let acked = load.finish().await;
+    // The dead worker's leases come back after the visibility timeout (3 s here).
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_regions_redis_restarted_under_load_loses_nothing() {
+    let mut wan = Wan::start().await;
+    let load = Load::start(wan.addr, Duration::from_millis(2));
+    load.wait_for(100).await;
+    wan.regions[1].shutdown_saving();
+    load.wait_for(load.acked() + 300).await;
+    wan.regions[1].restart().unwrap();
+    load.wait_for(load.acked() + 100).await;
+    let acked = load.finish().await;
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+    let dead = wan.status().await;
+    assert!(
+        dead["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["dead_letters"] == 0),
+        "an outage is never a reason to dead-letter: {dead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_restarted_while_a_worker_holds_leases_loses_nothing() {
+    let mut wan = Wan::start().await;
+    let load = Load::start(wan.addr, Duration::from_millis(2));
+    load.wait_for(100).await;
+    let holding = eventually(Duration::from_secs(20), || async {
+        wan.in_flight("r1").await > 0
+    })
+    .await;
+    assert!(holding, "the worker holds leases");
+    let stopped = Instant::now();
+    let status = wan.serve.terminate();
+    assert!(
+        status.success(),
+        "regis serve exits 0 on SIGTERM: {status:?}"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "waiting long-polls do not hold up the hub's shutdown ({:?})",
+        stopped.elapsed()
+    );
+    wan.serve = ServeProcess::start(&wan.config_path, wan.addr).await;
+    load.wait_for(load.acked() + 200).await;
+    let acked = load.finish().await;
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bus_refuses_publishes_clearly_and_recovers_as_the_region_drains() {
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = remote_config(&data.path().join("bus"), &regions);
+    // Nobody consumes r1 yet; r0 (local) drains as it goes.
+    config.max_bus_bytes = Some(16 * 1024 * 1024);
+    let hub = start_hub(&config).await;
+    let addr = hub.http_addr();
+    let value = "x".repeat(200 * 1024);
+    let big = |i: usize| {
+        json!([
+            ["SET", format!("key{i}"), format!("value{i}")],
+            ["SET", "padding", value],
+            ["INCRBY", "total", 1]
+        ])
+    };
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for i in 0..200 {
+        match publish_as(addr, big(i)).await {
+            Ok(_) => acked.push(i),
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let (status, body) = refusal.expect("16 MiB cannot hold 200 messages of 200 KiB");
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bus is full") && message.contains("max_bus_bytes"),
+        "the refusal says why and what to do: {message}"
+    );
+    assert!(
+        (40..=90).contains(&acked.len()),
+        "about 16 MiB of 200 KiB messages were accepted: {}",
+        acked.len()
+    );
+    // Refused again, not acknowledged and lost.
+    assert_eq!(publish_as(addr, big(1000)).await.unwrap_err().0, 503);
+
+    // The region's worker arrives; as it applies, the bus frees room and publishing resumes.
+    let _worker = WorkerProcess::start(
+        &format!("http://{addr}"),
+        "r1",
+        &regions[1].url(),
+        &["--batch-size", "16"],
+        &[("REGIS_TOKEN", WORKER)],
+    );
+    let resumed = eventually(Duration::from_secs(60), || async {
+        publish_as(addr, big(2000)).await.is_ok()
+    })
+    .await;
+    assert!(
+        resumed,
+        "publishes are accepted again once the region caught up"
+    );
+    acked.push(2000);
+    assert_acknowledged_everywhere(&regions, &acked, Duration::from_secs(60)).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_an_idle_region_every_waiting_lease_comes_back_within_its_wait() {
+    use regis::bus::remote::wire::{LeaseRequest, LeaseResponse};
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&remote_config(&data.path().join("bus"), &regions)).await;
+    let addr = hub.http_addr();
+    let started = Instant::now();
+    let polls: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let body = postcard::to_stdvec(&LeaseRequest {
+                    max: 10,
+                    wait_ms: 1_000,
+                    linger_ms: 0,
+                    settle: vec![],
+                    session: 7,
+                })
+                .unwrap();
+                let answer = reqwest::Client::new()
+                    .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
+                    .bearer_auth(WORKER)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), 200);
+                let lease: LeaseResponse =
+                    postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
+                assert!(lease.deliveries.is_empty());
+            })
+        })
+        .collect();
+    for poll in polls {
+        poll.await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(1900),
+        "four polls taking turns still answer after their own 1 s wait, not 4 s: {took:?}"
+    );
+    hub.shutdown().await;
+}
