@@ -716,6 +716,9 @@ async fn regions_converge_although_messages_are_applied_again_out_of_order(backe
     config.delivery.visibility_timeout = Duration::from_secs(1);
     config.delivery.max_receives = 5;
     config.worker.redis_timeout = Duration::from_millis(500);
+    // While publishing, the crashing consumer below is region 1's only consumer, so it takes
+    // messages for sure; a real worker takes over afterwards.
+    config.regions[1].worker = regis::config::WorkerPlacement::Remote;
     let hub = env.start_hub(&config).await;
     let addr = hub.http_addr();
 
@@ -782,6 +785,29 @@ async fn regions_converge_although_messages_are_applied_again_out_of_order(backe
         abandoned > 0,
         "the crashing consumer took no message: nothing was redelivered"
     );
+    // The region's real worker now gets what the crashing one abandoned, after the
+    // visibility timeout, and after messages published later.
+    let worker_stop = tokio_util::sync::CancellationToken::new();
+    let mut worker_tasks = tokio::task::JoinSet::new();
+    regis::worker::spawn(
+        regis::worker::WorkerSettings {
+            region: region_name(1),
+            redis_url: regions[1].url(),
+            concurrency: 2,
+            batch_size: 64,
+            redis_timeout: config.worker.redis_timeout,
+            max_receives: config.delivery.max_receives,
+            retry_backoff: config.delivery.retry_backoff,
+            retry_backoff_max: config.delivery.retry_backoff_max,
+        },
+        hub.bus().clone(),
+        Applier::new(Convergence::Lww, Duration::from_secs(3600)),
+        std::sync::Arc::new(regis::latency::LatencyWindow::default()),
+        std::sync::Arc::new(regis::health::RedisHealth::new(&region_name(1))),
+        worker_stop.clone(),
+        &mut worker_tasks,
+    )
+    .unwrap();
     assert!(
         drained(hub.bus(), Duration::from_secs(60)).await,
         "{:?}",
@@ -817,6 +843,8 @@ async fn regions_converge_although_messages_are_applied_again_out_of_order(backe
     };
     assert!(z.contains(&(b"m0".to_vec(), last(3) as f64)), "{z:?}");
     assert_converges(&regions, &expected, Duration::from_secs(10)).await;
+    worker_stop.cancel();
+    while worker_tasks.join_next().await.is_some() {}
     shutdown(hub).await;
 }
 
