@@ -367,3 +367,33 @@ async fn versions_keep_increasing_across_a_hub_restart_even_when_the_clock_is_be
     );
     bus.close().await;
 }
+
+/// The applier calls its scripts by SHA; a Redis that lost them (restarted, `SCRIPT FLUSH`)
+/// gets them loaded again and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_from_a_region_are_loaded_again() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&config(data.path(), &regions)).await;
+    let addr = hub.http_addr();
+    publish(addr, json!([["SET", "a", "1"], ["HSET", "h", "f", "1"]]))
+        .await
+        .unwrap();
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    redis_cmd(&regions[0], &["SCRIPT", "FLUSH"]).await;
+    publish(addr, json!([["SET", "a", "2"]])).await.unwrap();
+    publish(addr, json!([["HSET", "h", "f", "2"], ["INCR", "n"]]))
+        .await
+        .unwrap();
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    let snap = snapshot(&regions[0]).await;
+    assert_eq!(snap.keys[b"a".as_slice()].0, Entry::String(b"2".to_vec()));
+    assert_eq!(
+        snap.keys[b"h".as_slice()].0,
+        Entry::Hash(vec![(b"f".to_vec(), b"2".to_vec())])
+    );
+    assert_eq!(snap.keys[b"n".as_slice()].0, Entry::String(b"1".to_vec()));
+    use regis::bus::Stats;
+    assert_eq!(hub.bus().stats().await.unwrap()[0].dead_letters, 0);
+    hub.shutdown().await;
+}
