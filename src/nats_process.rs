@@ -137,17 +137,18 @@ impl NatsProcess {
         std::fs::write(&config, self.config_text())?;
         // Before the log file is open (a config error), the server writes to stderr.
         let stderr = std::fs::File::create(self.dir.path().join("stderr.log"))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("-c")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|err| match err.kind() {
-                std::io::ErrorKind::NotFound => NatsProcessError::NotInstalled,
-                _ => NatsProcessError::Io(err),
-            })?;
+            .stderr(stderr);
+        crate::redis_process::die_with_parent(&mut command);
+        let child = command.spawn().map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => NatsProcessError::NotInstalled,
+            _ => NatsProcessError::Io(err),
+        })?;
         self.child = Some(child);
         let waited = Duration::from_secs(15);
         let deadline = Instant::now() + waited;

@@ -218,7 +218,7 @@ impl Drop for RedisProcess {
 /// a timeout (which runs no destructors) leaves no `redis-server` behind. Call `start` and
 /// `restart` from a thread that outlives the process they start (a test's own thread, or
 /// `main`), not from a short-lived blocking thread.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

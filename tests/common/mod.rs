@@ -508,15 +508,17 @@ fn root_and_http_keys(config: &Config) -> (String, String) {
 impl ServeProcess {
     /// Runs `regis serve --config <path>` and waits until /healthz answers.
     pub async fn start(config_path: &Path, addr: SocketAddr) -> ServeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_regis"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
+        command
             .args(["serve", "--config"])
             .arg(config_path)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn regis serve");
+            .stderr(Stdio::inherit());
+        // A test killed by its timeout leaves no hub behind.
+        regis::redis_process::die_with_parent(&mut command);
+        let child = command.spawn().expect("spawn regis serve");
         let serve = ServeProcess {
             child,
             addr,
@@ -534,36 +536,45 @@ impl ServeProcess {
 
     /// SIGKILL: no chance to flush or settle anything.
     pub fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_9(&mut self.child);
     }
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for regis serve") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "regis serve did not exit within 30s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, "regis serve")
     }
 }
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_9(&mut self.child);
+    }
+}
+
+/// SIGKILL and reap.
+fn kill_9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM, then waits (up to 30 s) for the exit status of `what`.
+fn terminate(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not exit within 30s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -584,6 +595,7 @@ impl WorkerProcess {
         env: &[(&str, &str)],
     ) -> WorkerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
+        regis::redis_process::die_with_parent(&mut command);
         command
             .args(["worker", "--hub", hub, "--region", region, "--redis", redis])
             .args(extra)
@@ -602,38 +614,20 @@ impl WorkerProcess {
         }
     }
 
-    /// SIGKILL: leases in hand are neither applied nor settled.
+    /// SIGKILL.
     pub fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_9(&mut self.child);
     }
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for regis worker") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "regis worker did not exit within 30s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, "regis worker")
     }
 }
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_9(&mut self.child);
     }
 }
 
