@@ -96,6 +96,18 @@ impl LatencyWindow {
 
     /// Figures over the last minute (or since start, if younger).
     pub fn last_minute(&self) -> LatencySummary {
+        let window = Duration::from_secs(60);
+        summarize(
+            &self.last_minute_histogram(),
+            window
+                .min(self.started.elapsed())
+                .max(Duration::from_secs(1)),
+        )
+    }
+
+    /// Every latency of the last minute (or since start, if younger), in microseconds. The
+    /// benchmarks subtract one reading from the next to see each second on its own.
+    pub fn last_minute_histogram(&self) -> Histogram<u64> {
         let now = Instant::now();
         let window = Duration::from_secs(60);
         let slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,12 +117,7 @@ impl LatencyWindow {
                 let _ = merged.add(histogram);
             }
         }
-        summarize(
-            &merged,
-            window
-                .min(now.duration_since(self.started))
-                .max(Duration::from_secs(1)),
-        )
+        merged
     }
 }
 

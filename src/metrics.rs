@@ -26,6 +26,18 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             describe();
+            // The recorder keeps every histogram sample until the next render or upkeep: a
+            // hub nobody scrapes would grow by every message's latency (hundreds of MiB after
+            // ten million messages). Upkeep folds the samples into the buckets every second.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        upkeep.run_upkeep();
+                    }
+                });
             Some(handle)
         })
         .clone()

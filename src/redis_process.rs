@@ -162,6 +162,11 @@ impl RedisProcess {
         self.dir.path().to_path_buf()
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

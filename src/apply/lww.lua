@@ -119,6 +119,18 @@ local function flush()
   any_pending = false
 end
 
+-- Makes key i's deferred SET visible before the script reads or writes the key directly.
+-- Only that key: every op touches its own key alone, and the states stay in `states` (the
+-- authority for the rest of the call) until the final flush, so one key's direct access
+-- costs no MSET of the whole batch's deferred writes.
+local function flush_key(i)
+  local value = pending_data[i]
+  if value ~= nil then
+    pending_data[i] = nil
+    call('SET', K(i), value)
+  end
+end
+
 local function save(i)
   dirty[i] = true
   any_pending = true
@@ -146,7 +158,7 @@ local function meta_expiry(i, s, exists)
 end
 
 local function exists(i)
-  flush()
+  flush_key(i)
   return redis.call('EXISTS', K(i)) == 1
 end
 
@@ -182,7 +194,7 @@ local function is_string_kind(kind) return kind == 'i' or kind == 'f' end
 -- Everything of the key older than `vd` is gone — its data and its TTL; newer member and
 -- counter writes stay. Returns whether anything changed.
 local function destroy(i, s, vd)
-  flush()
+  flush_key(i)
   local changed = false
   if vd > s.t then
     -- A delete is also a TTL write: "no TTL" at vd.
@@ -348,7 +360,7 @@ ops.S = function(i, v, a)
     elseif v > s.f then
       destroy(i, s, v)
     elseif mode ~= 'K' and v > s.t then
-      flush()
+      flush_key(i)
       s.t = v
       if mode == 'A' then s.d = d; s.e = e else s.d = 0; s.e = ZERO end
       if s.d > 0 then call('PEXPIREAT', K(i), num(s.d)) else call('PERSIST', K(i)) end
@@ -378,7 +390,7 @@ ops.S = function(i, v, a)
     s.x = 0
     return
   end
-  flush()
+  flush_key(i)
   if s.d > 0 then call('SET', K(i), value, 'PXAT', num(s.d)) else call('SET', K(i), value) end
   if s.c then
     replay(i, s, v, is_string_kind)
@@ -402,7 +414,7 @@ local function counter(kind, command)
     local delta = a[1]
     local s = load(i)
     if v <= s.f then return end
-    flush()
+    flush_key(i)
     local rec = record(i, s, v, kind, delta, '')
     if not rec then return end
     increment(i, rec, command, K(i), delta)
@@ -418,7 +430,7 @@ local function field_counter(kind, command)
     local member, delta = a[1], a[2]
     local s = load(i)
     if v <= s.f then return end
-    flush()
+    flush_key(i)
     if v <= register_of(i, member) then return end
     local rec = record(i, s, v, kind, delta, member)
     if not rec then return end
@@ -441,7 +453,7 @@ local function members_op(command, paired, value_first, removes, kinds)
   return function(i, v, a)
     local s = load(i)
     if v <= s.f then return end
-    flush()
+    flush_key(i)
     local n = tonumber(a[1])
     local members, values = {}, {}
     for j = 1, n do
@@ -509,7 +521,7 @@ ops.X = function(i, v, a)
     return
   end
   if v <= s.t or d < NOW then return end
-  flush()
+  flush_key(i)
   s.t = v
   s.d = d
   s.e = e
@@ -522,7 +534,7 @@ end
 ops.P = function(i, v, a)
   local s = load(i)
   if v <= s.t then return end
-  flush()
+  flush_key(i)
   s.t = v
   s.d = 0
   s.e = ZERO
@@ -568,7 +580,7 @@ local function check_types(list)
     op.skip = false
     if want and op.v > s.f then
       if planned[op.i] == nil then
-        flush()
+        flush_key(op.i)
         planned[op.i] = redis.call('TYPE', K(op.i))['ok']
       end
       local have = planned[op.i]

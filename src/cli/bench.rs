@@ -38,6 +38,9 @@ use crate::server::Server;
 /// Which measurements to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
+    /// Regis side by side with the alternatives (ceiling, direct fan-out, replicaof) on a
+    /// mixed workload, then the scale runs; writes JSON and an SVG plot.
+    Compare,
     /// End to end through the hub into every region, against the direct fan-out.
     E2e,
     /// One region's apply path under each convergence mode, against the raw SET ceiling,
@@ -49,7 +52,7 @@ pub enum Suite {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which measurements to run.
-    #[arg(long, value_enum, default_value_t = Suite::E2e)]
+    #[arg(long, value_enum, default_value_t = Suite::Compare)]
     pub suite: Suite,
     /// Distinct keys written for the memory measurement of `--suite apply`.
     #[arg(long, default_value_t = 1_000_000)]
@@ -60,9 +63,28 @@ pub struct BenchArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 200)]
     pub value_size: usize,
-    /// Distinct keys written.
+    /// Distinct keys written (per data type in `compare`).
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
+    /// `compare`: percentages of each command in the workload.
+    #[arg(long, default_value = "set=60,hset=20,incrby=15,del=5")]
+    pub mix: super::bench_compare::Mix,
+    /// `compare`: percentage of SETs that carry a TTL (`EX 3600`).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub ttl_percent: u32,
+    /// `compare`: the convergence modes to measure Regis in, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_convergence, default_value = "lww,none")]
+    pub modes: Vec<Convergence>,
+    /// `compare`: skip the run through the HTTP API (the RESP runs stay).
+    #[arg(long = "no-http", action = clap::ArgAction::SetFalse)]
+    pub http: bool,
+    /// `compare`: messages of backlog in the scale run (one region stopped); 0 skips the
+    /// scale runs.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub backlog: usize,
+    /// `compare`: directory for `bench.json` and `bench.svg`.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
     /// Regions (each its own redis-server).
     #[arg(long, default_value_t = 2)]
     pub regions: usize,
@@ -72,9 +94,10 @@ pub struct BenchArgs {
     /// Concurrent producers.
     #[arg(long, default_value_t = 4)]
     pub producers: usize,
-    /// Offered load of the latency run, messages per second.
-    #[arg(long, default_value_t = 5_000)]
-    pub rate: u64,
+    /// Offered load of the latency run, messages per second [default: 10000 for
+    /// `compare`, 5000 for `e2e`].
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Length of the latency run (at most 50s: latency is read from the last minute).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -85,8 +108,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// The buses to measure, comma-separated: `embedded`, `nats` (starts its own
-    /// nats-server), or both for a side-by-side comparison.
-    #[arg(long, value_delimiter = ',', default_value = "embedded")]
+    /// nats-server), or both for a side-by-side comparison [default: embedded,nats for
+    /// `compare`, embedded for `e2e`].
+    #[arg(long, value_delimiter = ',')]
     pub bus: Vec<BusChoice>,
 }
 
@@ -148,9 +172,12 @@ impl Workload {
 
 /// Runs the benchmark and prints a report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.suite == Suite::Apply {
-        return super::bench_apply::run(&args).await;
+    match args.suite {
+        Suite::Apply => return super::bench_apply::run(&args).await,
+        Suite::Compare => return super::bench_compare::run(&args).await,
+        Suite::E2e => {}
     }
+    let rate = args.rate.unwrap_or(5_000);
     if args.duration > Duration::from_secs(50) {
         bail!("--duration is at most 50s (latency is read from the last minute of each region)");
     }
@@ -186,7 +213,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     flush(&urls).await?;
 
     let mut buses: Vec<BusChoice> = Vec::new();
-    for bus in &args.bus {
+    let chosen = if args.bus.is_empty() {
+        vec![BusChoice::Embedded]
+    } else {
+        args.bus.clone()
+    };
+    for bus in &chosen {
         if !buses.contains(bus) {
             buses.push(*bus);
         }
@@ -201,7 +233,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         flush(&urls).await?;
         eprintln!(
             "[3/3] regis on the {bus} bus at {} messages/s for {:?} ...",
-            args.rate, args.duration
+            rate, args.duration
         );
         let fixed = fixed_rate(&args, bus, &urls, &workload).await?;
         flush(&urls).await?;
@@ -243,7 +275,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "| {}, {} msg/s offered | {:.0} | – | {:.2} ms | {:.2} ms | {:.2} ms |",
             label(r.bus),
-            args.rate,
+            rate,
             r.fixed.rate_per_sec,
             r.fixed.p50_ms,
             r.fixed.p99_ms,
@@ -269,7 +301,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         "saturation_writes_per_sec": r.saturation,
                         "saturation_ratio": r.saturation / direct,
                         "saturation_latency": r.saturation_latency,
-                        "fixed_rate": { "offered_per_sec": args.rate, "duration_secs": args.duration.as_secs_f64(), "latency": r.fixed },
+                        "fixed_rate": { "offered_per_sec": rate, "duration_secs": args.duration.as_secs_f64(), "latency": r.fixed },
                     }),
                 )
             })
@@ -285,7 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "saturation_writes_per_sec": first.saturation,
             "saturation_ratio": first.saturation / direct,
             "saturation_latency": first.saturation_latency,
-            "fixed_rate": { "offered_per_sec": args.rate, "duration_secs": args.duration.as_secs_f64(), "latency": first.fixed },
+            "fixed_rate": { "offered_per_sec": rate, "duration_secs": args.duration.as_secs_f64(), "latency": first.fixed },
             "buses": by_bus,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -505,7 +537,7 @@ async fn offer<B: Bus>(
     let mut inflight = tokio::task::JoinSet::new();
     while started.elapsed() < args.duration {
         ticker.tick().await;
-        let due = (started.elapsed().as_secs_f64() * args.rate as f64) as usize;
+        let due = (started.elapsed().as_secs_f64() * args.rate.unwrap_or(5_000) as f64) as usize;
         while sent < due {
             // Each message is its own publish, as independent producers would send them.
             let hub = hub.clone();

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_apply;
+mod bench_compare;
 mod bench_resp;
 mod demo;
 mod publish;
@@ -31,7 +32,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     about,
     long_about = None,
     after_help = "Logs go to stderr. Choose what is logged with RUST_LOG, e.g. RUST_LOG=warn, \
-                  RUST_LOG=regis=debug or RUST_LOG=info,regis::worker=debug (default: info)."
+                  RUST_LOG=regis=debug or RUST_LOG=info,regis::worker=debug (default: info; warn for `regis bench`)."
 )]
 pub struct Cli {
     /// Log format on stderr: human-readable lines, or one JSON object per line (for log
@@ -75,7 +76,9 @@ pub enum Command {
     },
     /// A tour: two throwaway regions, a hub, a sample feed, an outage and convergence.
     Demo,
-    /// Measure replication throughput and latency on this machine (see BENCHMARKS.md).
+    /// Measure Regis side by side with the alternatives (direct fan-out, replicaof) on this
+    /// machine: throughput, latency, hub memory, disk; writes JSON and an SVG plot (see
+    /// BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Measure the RESP ingress with redis-benchmark against a plain redis-server (see
     /// BENCHMARKS.md, "RESP ingress").
@@ -95,6 +98,17 @@ pub enum Command {
     /// Measure replication through a remote worker over a link with injected latency (see
     /// BENCHMARKS.md, "Remote worker over a WAN").
     BenchRemote(bench_remote::BenchRemoteArgs),
+}
+
+impl Cli {
+    /// The log filter when RUST_LOG is not set: `info`, but `warn` for the benchmarks, whose
+    /// in-process hubs would otherwise log every start and stop between the report's lines.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Bench(_) => "warn",
+            _ => "info",
+        }
+    }
 }
 
 /// Ends `regis` with this exit status; the command has already said why.
