@@ -58,11 +58,15 @@ fn bench_compares_every_configuration_and_writes_json_and_a_plot() {
     );
     for row in rows {
         let label = row["label"].as_str().unwrap_or("?");
-        assert!(row["saturation"].as_f64().unwrap_or(0.0) > 0.0, "{label}: {row}");
+        assert!(
+            row["saturation"].as_f64().unwrap_or(0.0) > 0.0,
+            "{label}: {row}"
+        );
         let offered = &row["fixed"];
         assert!(offered["count"].as_u64().unwrap_or(0) > 0, "{label}: {row}");
         assert!(
-            offered["p50_ms"].as_f64().unwrap_or(-1.0) <= offered["p99_ms"].as_f64().unwrap_or(-2.0),
+            offered["p50_ms"].as_f64().unwrap_or(-1.0)
+                <= offered["p99_ms"].as_f64().unwrap_or(-2.0),
             "{label}: {row}"
         );
         assert_eq!(
@@ -73,9 +77,15 @@ fn bench_compares_every_configuration_and_writes_json_and_a_plot() {
     }
     let scale = &report["scale"];
     assert_eq!(scale["backlog"].as_u64(), Some(3000));
-    assert!(scale["bus_bytes_per_message"].as_f64().unwrap_or(0.0) > 200.0, "{scale}");
+    assert!(
+        scale["bus_bytes_per_message"].as_f64().unwrap_or(0.0) > 200.0,
+        "{scale}"
+    );
     assert!(scale["drain_rate"].as_f64().unwrap_or(0.0) > 0.0, "{scale}");
-    assert!(scale["peak_hub_rss_bytes"].as_u64().unwrap_or(0) > 0, "{scale}");
+    assert!(
+        scale["peak_hub_rss_bytes"].as_u64().unwrap_or(0) > 0,
+        "{scale}"
+    );
     assert!(
         scale["regis_bytes_per_key"].as_f64().unwrap_or(0.0)
             > scale["plain_bytes_per_key"].as_f64().unwrap_or(f64::MAX),
@@ -86,7 +96,10 @@ fn bench_compares_every_configuration_and_writes_json_and_a_plot() {
     assert!(svg.starts_with("<svg"), "{svg}");
     assert_eq!(svg.matches("<polyline").count(), rows.len(), "{svg}");
     for label in &labels {
-        assert!(stdout.contains(&format!("| {label} |")), "table row for {label}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("| {label} |")),
+            "table row for {label}:\n{stdout}"
+        );
     }
     assert!(stdout.contains("Targets"), "{stdout}");
 }

@@ -1,8 +1,9 @@
-//! Convergence end to end: `regis serve` with a region behind a delivery scrambler (reorders,
-//! delays, duplicates, lost acks), several publishers updating the same keys, the region's
-//! Redis stopped and restarted, its worker killed mid-batch. Under `lww` both regions end
-//! equal to a reference Redis that applied every message once in version order, counters
-//! exact; under `none` the same delivery leaves stale values behind.
+//! Convergence end to end, on the embedded bus and on NATS: a hub with a region behind a
+//! delivery scrambler (reorders, delays, duplicates, lost acks), several publishers updating
+//! the same keys, the region's Redis stopped and restarted, its worker killed mid-batch.
+//! Under `lww` both regions end equal to a reference Redis that applied every message once
+//! in version order, counters exact; under `none` the same delivery leaves stale values
+//! behind.
 
 mod common;
 
@@ -19,7 +20,6 @@ use regis::command::Convergence;
 use regis::config::WorkerPlacement;
 use regis::latency::LatencyWindow;
 use regis::redis_process::RedisProcess;
-use regis::server::Server;
 use regis::snapshot::{Entry, Snapshot};
 use regis::worker::{self, WorkerSettings};
 use serde_json::{Value, json};
@@ -138,25 +138,25 @@ async fn build_reference(reference: &RedisProcess, mut published: Vec<Published>
 
 struct Scrambled {
     regions: Vec<RedisProcess>,
-    hub: Server<EmbeddedBus>,
-    scrambler: Scrambler<EmbeddedBus>,
+    hub: TestHub,
+    scrambler: Scrambler<AnyBus>,
     workers: JoinSet<()>,
     stop: CancellationToken,
     mode: Convergence,
-    _data: tempfile::TempDir,
+    _env: Env,
 }
 
 impl Scrambled {
-    async fn start(mode: Convergence, how: Scrambling) -> Scrambled {
+    async fn start(mode: Convergence, how: Scrambling, backend: Backend) -> Scrambled {
         let regions = regions(2);
-        let data = tempfile::tempdir().unwrap();
-        let mut config = config(data.path(), &regions);
+        let env = Env::new(backend);
+        let mut config = env.config(&regions);
         config.convergence = mode;
         config.regions[1].worker = WorkerPlacement::Remote;
         // One consumer applies the unscrambled region strictly in publish order, the baseline
         // the `none` test compares with (two consumers could already reorder batches).
         config.regions[0].concurrency = Some(1);
-        let hub = start_hub(&config).await;
+        let hub = env.start_hub(&config).await;
         let scrambler = Scrambler::new(hub.bus().clone(), how, 7);
         let mut scrambled = Scrambled {
             regions,
@@ -165,7 +165,7 @@ impl Scrambled {
             workers: JoinSet::new(),
             stop: CancellationToken::new(),
             mode,
-            _data: data,
+            _env: env,
         };
         scrambled.spawn_worker();
         scrambled
@@ -213,13 +213,22 @@ impl Scrambled {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lww_regions_equal_the_in_order_reference_under_scrambled_delivery() {
+    lww_under_scrambled_delivery(Backend::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lww_regions_equal_the_in_order_reference_under_scrambled_delivery_on_nats() {
+    lww_under_scrambled_delivery(Backend::Nats).await
+}
+
+async fn lww_under_scrambled_delivery(backend: Backend) {
     let how = Scrambling {
         hold: 0.3,
         max_hold: Duration::from_millis(400),
         duplicate: 0.2,
         lose_ack: 0.1,
     };
-    let mut run = Scrambled::start(Convergence::Lww, how).await;
+    let mut run = Scrambled::start(Convergence::Lww, how, backend).await;
     let reference = RedisProcess::start().expect("the test needs redis-server");
     let addr = run.hub.http_addr();
     let deadline_ms = regis::clock::now_ms() + 3_600_000;
@@ -270,7 +279,7 @@ async fn lww_regions_equal_the_in_order_reference_under_scrambled_delivery() {
         .sum();
     assert_eq!(counted, increments, "every increment counted exactly once");
     run.stop.cancel();
-    run.hub.shutdown().await;
+    shutdown(run.hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -281,7 +290,7 @@ async fn none_leaves_stale_values_under_the_same_delivery() {
         duplicate: 0.0,
         lose_ack: 0.0,
     };
-    let run = Scrambled::start(Convergence::None, how).await;
+    let run = Scrambled::start(Convergence::None, how, Backend::Embedded).await;
     let addr = run.hub.http_addr();
     let rounds = 40;
     for i in 0..rounds {
@@ -313,7 +322,7 @@ async fn none_leaves_stale_values_under_the_same_delivery() {
         "reordered delivery under convergence = \"none\" is expected to leave an older value in place (this is what lww prevents)"
     );
     run.stop.cancel();
-    run.hub.shutdown().await;
+    shutdown(run.hub).await;
 }
 
 /// A hub whose clock is now behind a version it issued before it restarted (a previous run

@@ -44,7 +44,9 @@ pub async fn pipelined(
     let recorder = Arc::new(std::sync::Mutex::new(Recorder::new(started)));
     let mut tasks = tokio::task::JoinSet::new();
     for url in urls {
-        let mut conn = connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
+        let mut conn = connect(url)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
         let workload = workload.clone();
         let recorder = recorder.clone();
         tasks.spawn(async move {
@@ -88,7 +90,11 @@ pub async fn fixed_rate_direct(
 ) -> anyhow::Result<(usize, Recorder)> {
     let mut conns = Vec::new();
     for url in urls {
-        conns.push(connect(url).await.with_context(|| format!("cannot connect to {url}"))?);
+        conns.push(
+            connect(url)
+                .await
+                .with_context(|| format!("cannot connect to {url}"))?,
+        );
     }
     let workload = Arc::new(workload.clone());
     measure::fixed_rate(rate, duration, move |n| {
