@@ -54,10 +54,11 @@ pub struct BenchArgs {
     /// Which measurements to run.
     #[arg(long, value_enum, default_value_t = Suite::Compare)]
     pub suite: Suite,
-    /// Distinct keys written for the memory measurement of `--suite apply`.
+    /// Distinct keys written for the memory measurements (`apply`, and `compare`'s scale
+    /// runs).
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_keys: usize,
-    /// Messages (one SET each) in the direct and saturation runs.
+    /// Messages (one command each) in the saturation runs.
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
     /// Bytes per value.
