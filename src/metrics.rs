@@ -82,7 +82,7 @@ fn describe() {
     );
     describe_counter!(
         "regis_dead_letters_expired_total",
-        "Dead letters removed after dead_letter_retention."
+        "Dead letters removed after dead_letter_retention (embedded bus; on NATS, JetStream's max_age removes them unseen)."
     );
     describe_histogram!(
         "regis_publish_to_apply_seconds",
