@@ -127,7 +127,7 @@ async fn assert_acknowledged_everywhere(
 /// r1 behind the proxy.
 struct Wan {
     regions: Vec<RedisProcess>,
-    _data: tempfile::TempDir,
+    _env: Env,
     config_path: std::path::PathBuf,
     addr: SocketAddr,
     serve: ServeProcess,
@@ -137,18 +137,23 @@ struct Wan {
 
 impl Wan {
     async fn start() -> Wan {
+        Wan::start_on(Backend::Embedded).await
+    }
+
+    async fn start_on(backend: Backend) -> Wan {
         let regions = regions(2);
-        let data = tempfile::tempdir().unwrap();
+        let env = Env::new(backend);
         let port = free_port().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = remote_config(&data.path().join("bus"), &regions);
-        let config_path = write_config(data.path(), &config, port);
+        let mut config = remote_config(&env.data.path().join("bus"), &regions);
+        config.bus = env.bus_config();
+        let config_path = write_config(env.data.path(), &config, port);
         let serve = ServeProcess::start(&config_path, addr).await;
         let proxy = WanProxy::start(addr, WAN).await.unwrap();
         let worker = Wan::worker(&proxy, &regions[1]);
         Wan {
             regions,
-            _data: data,
+            _env: env,
             config_path,
             addr,
             serve,
@@ -211,7 +216,17 @@ async fn publish_range(addr: SocketAddr, from: usize, to: usize) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_worker_replicates_over_a_wan_link() {
-    let wan = Wan::start().await;
+    a_remote_worker_replicates_over_a_wan_link_on(Backend::Embedded).await
+}
+
+/// The lease API is generic over the bus: a hub on NATS serves remote workers the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_replicates_over_a_wan_link_on_nats() {
+    a_remote_worker_replicates_over_a_wan_link_on(Backend::Nats).await
+}
+
+async fn a_remote_worker_replicates_over_a_wan_link_on(backend: Backend) {
+    let wan = Wan::start_on(backend).await;
     let acked = publish_range(wan.addr, 0, 300).await;
     assert_eq!(acked.len(), 300, "every publish is acknowledged");
     assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(30)).await;
