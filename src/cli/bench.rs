@@ -387,7 +387,8 @@ fn hub_config(args: &BenchArgs, urls: &[String], data: &std::path::Path) -> Conf
     config
 }
 
-async fn wait_drained<B: Bus>(server: &Server<B>) -> anyhow::Result<()> {
+/// Waits until every region has applied everything published.
+pub(super) async fn wait_drained<B: Bus>(server: &Server<B>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let stats = server.bus().stats().await?;
@@ -401,7 +402,8 @@ async fn wait_drained<B: Bus>(server: &Server<B>) -> anyhow::Result<()> {
     }
 }
 
-fn worst<B: Bus>(server: &Server<B>) -> LatencySummary {
+/// The worst region's publish→applied figures over the last minute (by p99).
+pub(super) fn worst<B: Bus>(server: &Server<B>) -> LatencySummary {
     server
         .regions()
         .iter()

@@ -60,7 +60,8 @@ async fn reset_stats(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn used_memory(url: &str) -> anyhow::Result<u64> {
+/// `used_memory` of the Redis at `url`, bytes.
+pub(super) async fn used_memory(url: &str) -> anyhow::Result<u64> {
     let mut conn = connect(url).await?;
     let info: String = redis::cmd("INFO")
         .arg("memory")

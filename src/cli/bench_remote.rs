@@ -128,15 +128,7 @@ impl Hub {
 
     /// The hub's resident memory now, bytes (`VmRSS`).
     fn rss(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .context("cannot read the hub's /proc status (Linux only)")?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS in /proc status")?;
-        Ok(kb * 1024)
+        super::bench_compare::measure::rss_bytes(self.child.id())
     }
 
     /// Messages of the region waiting or in flight.

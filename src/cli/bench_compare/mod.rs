@@ -19,7 +19,7 @@
 //! tables, and writes `bench.json` and `bench.svg` ([`plot`]) to `--out`.
 
 mod baselines;
-mod measure;
+pub(super) mod measure;
 mod plot;
 mod regis;
 mod scale;
@@ -211,51 +211,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     next("ceiling: pipelined writes into one Redis");
-    let cpu = CpuMeter::start(&with_own[..2]);
-    let (saturation, recorder) =
-        baselines::pipelined(&urls[..1], &workload, args.messages, args.batch).await?;
-    let saturation_cpu = cpu.stop();
-    flush(&urls).await?;
-    let cpu = CpuMeter::start(&with_own[..2]);
-    let (_, fixed) =
-        baselines::fixed_rate_direct(&urls[..1], &workload, rate, args.duration).await?;
-    let fixed_cpu = cpu.stop();
-    flush(&urls).await?;
-    rows.push(Row {
-        label: "ceiling: pipelined into one Redis".into(),
-        durable: false,
-        saturation,
-        saturation_latency: Some(recorder.summary(Duration::from_secs(1))),
-        saturation_cpu,
-        fixed: fixed.summary(args.duration),
-        fixed_cpu,
-        timeline: fixed.timeline(),
-        replica_lag: None,
-        setup: None,
-    });
+    rows.push(
+        direct_row(
+            "ceiling: pipelined into one Redis".into(),
+            &urls[..1],
+            &with_own[..2],
+            &workload,
+            args,
+            rate,
+        )
+        .await?,
+    );
 
     next("direct fan-out: the producer pipelines every write into every region");
-    let cpu = CpuMeter::start(&with_own);
-    let (saturation, recorder) =
-        baselines::pipelined(&urls, &workload, args.messages, args.batch).await?;
-    let saturation_cpu = cpu.stop();
-    flush(&urls).await?;
-    let cpu = CpuMeter::start(&with_own);
-    let (_, fixed) = baselines::fixed_rate_direct(&urls, &workload, rate, args.duration).await?;
-    let fixed_cpu = cpu.stop();
-    flush(&urls).await?;
-    rows.push(Row {
-        label: format!("direct fan-out to {} regions", args.regions),
-        durable: false,
-        saturation,
-        saturation_latency: Some(recorder.summary(Duration::from_secs(1))),
-        saturation_cpu,
-        fixed: fixed.summary(args.duration),
-        fixed_cpu,
-        timeline: fixed.timeline(),
-        replica_lag: None,
-        setup: None,
-    });
+    rows.push(
+        direct_row(
+            format!("direct fan-out to {} regions", args.regions),
+            &urls,
+            &with_own,
+            &workload,
+            args,
+            rate,
+        )
+        .await?,
+    );
 
     next("replicaof: a primary and its replicas");
     {
@@ -348,6 +327,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
 
     report(args, rate, &machine, &command, &rows, scale.as_ref())
+}
+
+/// Writes straight into `urls` (one: the ceiling; all: the direct fan-out), at saturation
+/// and at `rate`, with the CPU of `processes`.
+async fn direct_row(
+    label: String,
+    urls: &[String],
+    processes: &[(String, u32)],
+    workload: &Workload,
+    args: &BenchArgs,
+    rate: u64,
+) -> anyhow::Result<Row> {
+    let cpu = CpuMeter::start(processes);
+    let (saturation, recorder) =
+        baselines::pipelined(urls, workload, args.messages, args.batch).await?;
+    let saturation_cpu = cpu.stop();
+    flush(urls).await?;
+    let cpu = CpuMeter::start(processes);
+    let (_, fixed) = baselines::fixed_rate_direct(urls, workload, rate, args.duration).await?;
+    let fixed_cpu = cpu.stop();
+    flush(urls).await?;
+    Ok(Row {
+        label,
+        durable: false,
+        saturation,
+        saturation_latency: Some(recorder.summary(Duration::from_secs(1))),
+        saturation_cpu,
+        fixed: fixed.summary(args.duration),
+        fixed_cpu,
+        timeline: fixed.timeline(),
+        replica_lag: None,
+        setup: None,
+    })
 }
 
 fn dedup<T: PartialEq + Copy>(items: Vec<T>) -> Vec<T> {

@@ -16,7 +16,7 @@ use super::measure::{self, CpuMeter, CpuUse, SecondFigures};
 use super::workload::Workload;
 use crate::bus::Bus;
 use crate::bus::nats::NatsConfig;
-use crate::cli::bench::BusChoice;
+use crate::cli::bench::{BusChoice, wait_drained, worst};
 use crate::command::Convergence;
 use crate::config::{Config, RespConfig};
 use crate::hub::MessageRequest;
@@ -297,30 +297,6 @@ async fn offer(producer: &Producer, load: &Load<'_>) -> anyhow::Result<f64> {
     })
     .await?;
     Ok(sent as f64 / load.duration.as_secs_f64())
-}
-
-async fn wait_drained<B: Bus>(server: &Server<B>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let stats = server.bus().stats().await?;
-        if stats.iter().all(|s| s.depth == 0 && s.in_flight == 0) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("regions did not drain within 10 minutes: {stats:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The worst region's publish→applied figures (by p99).
-fn worst<B: Bus>(server: &Server<B>) -> LatencySummary {
-    server
-        .regions()
-        .iter()
-        .map(|r| r.latency.last_minute())
-        .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
-        .unwrap_or_default()
 }
 
 /// Each second's publish→applied figures of the worst region, read from the regions'

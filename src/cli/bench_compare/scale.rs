@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::measure::rss_bytes;
 use super::workload::Workload;
+use crate::cli::bench_apply::used_memory;
 use crate::hub::MessageRequest;
 use crate::publisher::Publisher;
 use crate::redis_process::{RedisProcess, connect, die_with_parent, free_port};
@@ -223,18 +224,6 @@ async fn publish_all(
     on_progress(total);
     bar.finish_and_clear();
     Ok(count as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn used_memory(url: &str) -> anyhow::Result<u64> {
-    let mut conn = connect(url).await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no used_memory in INFO memory")
 }
 
 /// Runs the scale measurements with `regions` fresh redis-servers.
