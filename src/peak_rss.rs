@@ -67,8 +67,9 @@ pub fn wait(mut child: Child) -> std::io::Result<Finished> {
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     Ok(Finished {
         code,
-        // Linux reports kilobytes.
-        peak_rss_bytes: (usage.ru_maxrss.max(0) as u64) * 1024,
+        // Linux reports kilobytes, macOS bytes.
+        peak_rss_bytes: (usage.ru_maxrss.max(0) as u64)
+            * if cfg!(target_os = "macos") { 1 } else { 1024 },
         cpu_seconds: [usage.ru_utime, usage.ru_stime]
             .iter()
             .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)

@@ -28,11 +28,11 @@ use serde_json::json;
 use crate::bus::Bus;
 use crate::bus::nats::NatsConfig;
 use crate::command::Convergence;
-use crate::config::Config;
+use crate::config::{Config, RespConfig};
 use crate::hub::MessageRequest;
 use crate::latency::LatencySummary;
 use crate::nats_process::NatsProcess;
-use crate::redis_process::RedisProcess;
+use crate::redis_process::{RedisProcess, connect};
 use crate::server::Server;
 
 /// Which measurements to run.
@@ -141,7 +141,8 @@ struct BusResult {
     fixed: LatencySummary,
 }
 
-fn parse_convergence(s: &str) -> Result<Convergence, String> {
+/// `lww` or `none`, for clap.
+pub(super) fn parse_convergence(s: &str) -> Result<Convergence, String> {
     match s {
         "lww" => Ok(Convergence::Lww),
         "none" => Ok(Convergence::None),
@@ -149,9 +150,11 @@ fn parse_convergence(s: &str) -> Result<Convergence, String> {
     }
 }
 
-struct Workload {
-    keys: usize,
-    value: Bytes,
+/// SETs of one value over `keys` keys (`bench:0`, `bench:1`, ...), message `n` writing key
+/// `n % keys`.
+pub(super) struct Workload {
+    pub(super) keys: usize,
+    pub(super) value: Bytes,
 }
 
 impl Workload {
@@ -159,7 +162,7 @@ impl Workload {
         format!("bench:{}", n % self.keys)
     }
 
-    fn message(&self, n: usize) -> MessageRequest {
+    pub(super) fn message(&self, n: usize) -> MessageRequest {
         MessageRequest {
             commands: vec![vec![
                 Bytes::from_static(b"SET"),
@@ -213,30 +216,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let direct = direct_fan_out(&urls, &workload, args.messages, args.batch).await?;
     flush(&urls).await?;
 
-    let mut buses: Vec<BusChoice> = Vec::new();
-    let chosen = if args.bus.is_empty() {
+    let buses = dedup(if args.bus.is_empty() {
         vec![BusChoice::Embedded]
     } else {
         args.bus.clone()
-    };
-    for bus in &chosen {
-        if !buses.contains(bus) {
-            buses.push(*bus);
-        }
-    }
+    });
     let mut results = Vec::new();
     for bus in buses {
         eprintln!(
             "[2/3] regis on the {bus} bus at saturation: {} messages, {} producers, {} per append ...",
             args.messages, args.producers, args.batch
         );
-        let (saturation, saturation_latency) = saturation(&args, bus, &urls, &workload).await?;
+        let (saturation, saturation_latency) =
+            on_bus(&args, bus, &urls, &workload, Run::Saturation).await?;
         flush(&urls).await?;
         eprintln!(
             "[3/3] regis on the {bus} bus at {} messages/s for {:?} ...",
             rate, args.duration
         );
-        let fixed = fixed_rate(&args, bus, &urls, &workload).await?;
+        let (_, fixed) = on_bus(&args, bus, &urls, &workload, Run::FixedRate(rate)).await?;
         flush(&urls).await?;
         results.push(BusResult {
             bus,
@@ -327,14 +325,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn flush(urls: &[String]) -> anyhow::Result<()> {
+/// Empties every Redis in `urls`, between runs.
+pub(super) async fn flush(urls: &[String]) -> anyhow::Result<()> {
     for url in urls {
-        let mut conn = redis::Client::open(url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut conn = connect(url).await?;
         redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     }
     Ok(())
+}
+
+/// `items` without repeats, in their first order.
+pub(super) fn dedup<T: PartialEq + Copy>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// A RESP listener on a free local port.
+pub(super) fn local_resp() -> RespConfig {
+    RespConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..RespConfig::default()
+    }
 }
 
 /// Writes/s of pipelining every write into every region from the producer.
@@ -347,9 +363,7 @@ async fn direct_fan_out(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for url in urls {
-        let mut conn = redis::Client::open(url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut conn = connect(url).await?;
         let workload = workload.clone();
         tasks.spawn(async move {
             let mut n = 0;
@@ -373,8 +387,13 @@ async fn direct_fan_out(
     Ok(messages as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The hub's config for the benchmark's regions.
-fn hub_config(args: &BenchArgs, urls: &[String], data: &std::path::Path) -> Config {
+/// A hub's config for the benchmark's regions (`region0`, `region1`, ...), every default
+/// but `convergence`.
+pub(super) fn hub_config(
+    urls: &[String],
+    data: &std::path::Path,
+    convergence: Convergence,
+) -> Config {
     let names: Vec<(String, String)> = urls
         .iter()
         .enumerate()
@@ -382,8 +401,7 @@ fn hub_config(args: &BenchArgs, urls: &[String], data: &std::path::Path) -> Conf
         .collect();
     let named: Vec<(&str, String)> = names.iter().map(|(n, u)| (n.as_str(), u.clone())).collect();
     let mut config = Config::with_regions(data.to_path_buf(), &named);
-    config.convergence = args.convergence;
-    config.worker.batch_size = args.batch.max(64);
+    config.convergence = convergence;
     config
 }
 
@@ -416,7 +434,8 @@ pub(super) fn worst<B: Bus>(server: &Server<B>) -> LatencySummary {
 #[derive(Clone, Copy)]
 enum Run {
     Saturation,
-    FixedRate,
+    /// This many messages per second for `--duration`.
+    FixedRate(u64),
 }
 
 /// Starts a hub on `bus` (and for NATS its nats-server), measures, stops everything.
@@ -428,7 +447,8 @@ async fn on_bus(
     run: Run,
 ) -> anyhow::Result<(f64, LatencySummary)> {
     let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
-    let config = hub_config(args, urls, data.path());
+    let mut config = hub_config(urls, data.path(), args.convergence);
+    config.worker.batch_size = args.batch.max(64);
     match bus {
         BusChoice::Embedded => {
             let server = Server::start(&config).await?;
@@ -462,33 +482,14 @@ async fn measure<B: Bus>(
 ) -> anyhow::Result<(f64, LatencySummary)> {
     match run {
         Run::Saturation => saturate(args, server, workload).await,
-        Run::FixedRate => {
-            let summary = offer(args, server, workload).await?;
+        Run::FixedRate(rate) => {
+            let summary = offer(args, rate, server, workload).await?;
             Ok((summary.rate_per_sec, summary))
         }
     }
 }
 
 /// Writes/s end to end (published durably and applied in every region).
-async fn saturation(
-    args: &BenchArgs,
-    bus: BusChoice,
-    urls: &[String],
-    workload: &Arc<Workload>,
-) -> anyhow::Result<(f64, LatencySummary)> {
-    on_bus(args, bus, urls, workload, Run::Saturation).await
-}
-
-/// Latency at a fixed offered load: the worst region's figures.
-async fn fixed_rate(
-    args: &BenchArgs,
-    bus: BusChoice,
-    urls: &[String],
-    workload: &Arc<Workload>,
-) -> anyhow::Result<LatencySummary> {
-    Ok(on_bus(args, bus, urls, workload, Run::FixedRate).await?.1)
-}
-
 async fn saturate<B: Bus>(
     args: &BenchArgs,
     server: &Server<B>,
@@ -527,34 +528,25 @@ async fn saturate<B: Bus>(
     Ok((rate, worst(server)))
 }
 
+/// Latency at a fixed offered load, each message its own publish (as independent producers
+/// would send them): the worst region's figures.
 async fn offer<B: Bus>(
     args: &BenchArgs,
+    rate: u64,
     server: &Server<B>,
     workload: &Arc<Workload>,
 ) -> anyhow::Result<LatencySummary> {
     let hub = server.hub().clone();
-    let started = Instant::now();
-    let mut sent = 0usize;
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut inflight = tokio::task::JoinSet::new();
-    while started.elapsed() < args.duration {
-        ticker.tick().await;
-        let due = (started.elapsed().as_secs_f64() * args.rate.unwrap_or(5_000) as f64) as usize;
-        while sent < due {
-            // Each message is its own publish, as independent producers would send them.
-            let hub = hub.clone();
-            let request = workload.message(sent);
-            inflight.spawn(async move { hub.publish(&request).await.map(|_| ()) });
-            sent += 1;
+    let workload = workload.clone();
+    let (sent, _) = super::bench_compare::measure::fixed_rate(rate, args.duration, move |n| {
+        let hub = hub.clone();
+        let request = workload.message(n);
+        async move {
+            hub.publish(&request).await?;
+            anyhow::Ok(())
         }
-        while let Some(done) = inflight.try_join_next() {
-            done??;
-        }
-    }
-    while let Some(done) = inflight.join_next().await {
-        done??;
-    }
+    })
+    .await?;
     wait_drained(server).await?;
     let mut summary = worst(server);
     summary.rate_per_sec = sent as f64 / args.duration.as_secs_f64();

@@ -15,6 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::bench::BenchArgs;
+use super::bench::flush;
 use crate::apply::{Applier, RegionRedis};
 use crate::clock::{HybridClock, now_us};
 use crate::command::{Command, Convergence};
@@ -43,12 +44,6 @@ fn envelopes(
             ])],
         })
         .collect()
-}
-
-async fn flush(url: &str) -> anyhow::Result<()> {
-    let mut conn = connect(url).await?;
-    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-    Ok(())
 }
 
 async fn reset_stats(url: &str) -> anyhow::Result<()> {
@@ -169,7 +164,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     eprintln!("[1/4] raw pipelined SET ceiling ...");
     let raw = raw_ceiling(&url, args.messages, args.keys, args.batch, &value).await?;
-    flush(&url).await?;
+    flush(std::slice::from_ref(&url)).await?;
     eprintln!("[2/4] none applier ...");
     let none = through_applier(
         &url,
@@ -180,9 +175,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &value,
     )
     .await?;
-    flush(&url).await?;
+    flush(std::slice::from_ref(&url)).await?;
     eprintln!("[3/4] lww applier ...");
-    reset_stats(&url).await?;
+    // Where the time goes inside Redis, on request: per-command call counts and µs per call.
+    let commandstats = std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some();
+    if commandstats {
+        reset_stats(&url).await?;
+    }
     let lww = through_applier(
         &url,
         Convergence::Lww,
@@ -192,8 +191,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &value,
     )
     .await?;
-    if std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some() {
-        // Where the time goes inside Redis: per-command call counts and µs per call.
+    if commandstats {
         let mut conn = connect(&url).await?;
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
@@ -201,7 +199,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .await?;
         eprintln!("{stats}");
     }
-    flush(&url).await?;
+    flush(std::slice::from_ref(&url)).await?;
 
     eprintln!(
         "[4/4] memory: {} distinct keys, plain and through lww ...",
@@ -210,7 +208,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let empty = used_memory(&url).await?;
     raw_ceiling(&url, args.memory_keys, args.memory_keys, args.batch, &value).await?;
     let plain = used_memory(&url).await?.saturating_sub(empty);
-    flush(&url).await?;
+    flush(std::slice::from_ref(&url)).await?;
     let empty = used_memory(&url).await?;
     through_applier(
         &url,

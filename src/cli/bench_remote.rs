@@ -17,25 +17,25 @@
 //! 3. **throughput**: a worker drains that backlog through the link; messages (= commands)
 //!    per second from its start until the hub's queue is empty.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::bench::Workload;
 use crate::apply::Applier;
 use crate::bus::remote::{RemoteBus, RemoteOptions};
+use crate::cli::bench_hub::{ChildHub, mib};
 use crate::health::RedisHealth;
 use crate::hub::MessageRequest;
 use crate::latency::{LatencySummary, LatencyWindow};
 use crate::publisher::{Publisher, PublisherOptions};
-use crate::redis_process::{RedisProcess, free_port};
+use crate::redis_process::RedisProcess;
 use crate::wan::WanProxy;
 use crate::worker::{self, WorkerSettings};
 
@@ -73,88 +73,6 @@ pub struct BenchRemoteArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-}
-
-struct Hub {
-    child: Child,
-    http: std::net::SocketAddr,
-    resp: std::net::SocketAddr,
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Hub {
-    fn start(dir: &Path, region_url: &str) -> anyhow::Result<Hub> {
-        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let resp: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let config = format!(
-            "data_dir = {data:?}\n[http]\nlisten = \"{http}\"\n[resp]\nlisten = \"{resp}\"\n\
-             [auth]\npublish = \"{PUBLISH_TOKEN}\"\nworker = \"{WORKER_TOKEN}\"\nadmin = \"{ADMIN_TOKEN}\"\n\
-             [[regions]]\nname = \"remote\"\nredis = \"{region_url}\"\nworker = \"remote\"\n",
-            data = dir.join("bus").display().to_string(),
-        );
-        let path = dir.join("regis.toml");
-        std::fs::write(&path, config)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the hub (regis serve)")?;
-        Ok(Hub { child, http, resp })
-    }
-
-    async fn wait_up(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if reqwest::get(format!("http://{}/healthz", self.http))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the hub did not answer /healthz within 30s")
-    }
-
-    /// The hub's resident memory now, bytes (`VmRSS`).
-    fn rss(&self) -> anyhow::Result<u64> {
-        super::bench_compare::measure::rss_bytes(self.child.id())
-    }
-
-    /// Messages of the region waiting or in flight.
-    async fn pending(&self, http: &reqwest::Client) -> anyhow::Result<u64> {
-        let status: Value = http
-            .get(format!("http://{}/v1/status", self.http))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let region = &status["regions"][0];
-        Ok(region["depth"].as_u64().unwrap_or(0) + region["in_flight"].as_u64().unwrap_or(0))
-    }
-}
-
-fn bus_bytes(dir: &Path) -> u64 {
-    ["bus.sqlite3", "bus.sqlite3-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join("bus").join(f)).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The remote worker, in this process.
@@ -215,17 +133,6 @@ impl RemoteWorker {
     }
 }
 
-fn message(n: usize, keys: usize, value: &Bytes) -> MessageRequest {
-    MessageRequest {
-        commands: vec![vec![
-            Bytes::from_static(b"SET"),
-            Bytes::from(format!("bench:{}", n % keys)),
-            value.clone(),
-        ]],
-        db: 0,
-    }
-}
-
 /// Runs the benchmark and prints a report.
 pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
     if args.duration > Duration::from_secs(50) {
@@ -236,7 +143,16 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
     }
     let region = RedisProcess::start().context("cannot start the region's redis-server")?;
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), &region.url())?;
+    let hub = ChildHub::start(
+        dir.path(),
+        "",
+        &format!(
+            "[auth]\npublish = \"{PUBLISH_TOKEN}\"\nworker = \"{WORKER_TOKEN}\"\nadmin = \"{ADMIN_TOKEN}\"\n\
+             [[regions]]\nname = \"remote\"\nredis = \"{}\"\nworker = \"remote\"\n",
+            region.url()
+        ),
+        Some(ADMIN_TOKEN),
+    )?;
     hub.wait_up().await?;
     let proxy = WanProxy::start(hub.http, args.delay).await?;
     let via = format!("http://{}", proxy.addr());
@@ -245,7 +161,10 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
         PublisherOptions::default(),
     )
     .await?;
-    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let workload = Workload {
+        keys: args.keys,
+        value: Bytes::from(vec![b'v'; args.value_size]),
+    };
     let http = reqwest::Client::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!(
@@ -277,9 +196,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
         owed += per_tick;
         let n = owed as usize;
         owed -= n as f64;
-        let batch: Vec<MessageRequest> = (sent..sent + n)
-            .map(|i| message(i, args.keys, &value))
-            .collect();
+        let batch: Vec<MessageRequest> = (sent..sent + n).map(|i| workload.message(i)).collect();
         sent += n;
         let publisher = publisher.clone();
         inflight.spawn(async move { publisher.publish_batch(batch).await });
@@ -290,7 +207,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
     }
     let offered_for = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while hub.pending(&http).await? > 0 {
+    while hub.pending(&http).await?.iter().sum::<u64>() > 0 {
         if Instant::now() > deadline {
             bail!("the remote region did not catch up within 60s of the latency run");
         }
@@ -309,7 +226,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
         args.backlog
     );
     let rss_start = hub.rss()?;
-    let mut samples = vec![(0usize, rss_start, bus_bytes(dir.path()))];
+    let mut samples = vec![(0usize, rss_start, hub.bus_bytes())];
     let chunk = 1000;
     let producers = 8;
     let mut published = 0usize;
@@ -324,7 +241,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
                 }
                 let n = chunk.min(target - published);
                 let batch: Vec<MessageRequest> = (published..published + n)
-                    .map(|i| message(sent + i, args.keys, &value))
+                    .map(|i| workload.message(sent + i))
                     .collect();
                 published += n;
                 let publisher = publisher.clone();
@@ -337,7 +254,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
             }
         }
         let rss = hub.rss()?;
-        let bytes = bus_bytes(dir.path());
+        let bytes = hub.bus_bytes();
         eprintln!(
             "      backlog {published:>9}: hub RSS {:7.1} MiB, bus file {:8.1} MiB",
             mib(rss),
@@ -354,7 +271,7 @@ pub async fn run(args: BenchRemoteArgs) -> anyhow::Result<()> {
     let mut drain_rss = hub.rss()?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let pending = hub.pending(&http).await?;
+        let pending = hub.pending(&http).await?.iter().sum::<u64>();
         drain_rss = drain_rss.max(hub.rss()?);
         if pending == 0 {
             break;

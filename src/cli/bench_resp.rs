@@ -13,16 +13,17 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
+use super::bench::local_resp;
 use crate::bus::Stats;
-use crate::bus::embedded::{EmbeddedBus, StoreOptions};
+use crate::bus::embedded::EmbeddedBus;
 use crate::command::Convergence;
-use crate::config::{Config, RespConfig};
+use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingress::resp::RespServer;
 use crate::redis_process::RedisProcess;
@@ -54,19 +55,11 @@ pub struct BenchRespArgs {
     #[arg(long, default_value_t = 2)]
     pub regions: usize,
     /// Convergence mode of the hub.
-    #[arg(long, default_value = "lww", value_parser = parse_convergence)]
+    #[arg(long, default_value = "lww", value_parser = super::bench::parse_convergence)]
     pub convergence: Convergence,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-}
-
-fn parse_convergence(s: &str) -> Result<Convergence, String> {
-    match s {
-        "lww" => Ok(Convergence::Lww),
-        "none" => Ok(Convergence::None),
-        other => Err(format!("{other:?}: use lww or none")),
-    }
 }
 
 /// One `redis-benchmark` result line.
@@ -108,13 +101,10 @@ pub async fn run(args: BenchRespArgs) -> anyhow::Result<()> {
     // 2. The ingress alone: no consumer competes for the CPU.
     {
         let data = tempfile::tempdir()?;
-        let delivery = crate::config::DeliveryConfig::default();
-        let options = StoreOptions {
-            visibility_timeout: delivery.visibility_timeout,
-            max_receives: delivery.max_receives,
-            dead_letter_retention: delivery.dead_letter_retention,
-        };
-        let bus = EmbeddedBus::open(data.path(), &["bench".to_string()], options)?;
+        let bus = crate::server::open_embedded(&Config::with_regions(
+            data.path().to_path_buf(),
+            &[("bench", String::new())],
+        ))?;
         let hub = Hub::new(
             bus.clone(),
             0,
@@ -145,17 +135,7 @@ pub async fn run(args: BenchRespArgs) -> anyhow::Result<()> {
             .port();
         rows.extend(redis_benchmark(&args, port, "hub").await?);
         let applying = Instant::now();
-        let deadline = applying + Duration::from_secs(600);
-        loop {
-            let stats = server.bus().stats().await?;
-            if stats.iter().all(|s| s.depth == 0 && s.in_flight == 0) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the regions did not catch up within 10 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::bench::wait_drained(&server).await?;
         let catch_up = applying.elapsed();
         let first = Snapshot::read(&regions[0].url(), 0).await?;
         for (i, region) in regions.iter().enumerate().skip(1) {
@@ -197,26 +177,13 @@ pub async fn run(args: BenchRespArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn local_resp() -> RespConfig {
-    RespConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..RespConfig::default()
-    }
-}
-
 async fn start_hub(
     args: &BenchRespArgs,
     regions: &[RedisProcess],
     data: &Path,
 ) -> anyhow::Result<Server<EmbeddedBus>> {
-    let names: Vec<(String, String)> = regions
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (format!("region-{i}"), r.url()))
-        .collect();
-    let named: Vec<(&str, String)> = names.iter().map(|(n, u)| (n.as_str(), u.clone())).collect();
-    let mut config = Config::with_regions(data.to_path_buf(), &named);
-    config.convergence = args.convergence;
+    let urls: Vec<String> = regions.iter().map(RedisProcess::url).collect();
+    let mut config = super::bench::hub_config(&urls, data, args.convergence);
     config.resp = Some(local_resp());
     Ok(Server::start(&config).await?)
 }

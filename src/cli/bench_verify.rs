@@ -8,7 +8,7 @@
 //! (from `wait4`). BENCHMARKS.md records its output.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::apply::lww::meta_key;
 use crate::clock::now_ms;
-use crate::redis_process::RedisProcess;
+use crate::redis_process::{RedisProcess, connect};
 
 /// Options of `regis bench-verify`.
 #[derive(Debug, Args)]
@@ -128,15 +128,6 @@ async fn load(
     Ok(())
 }
 
-async fn connect(region: &RedisProcess) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(region.url())?;
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
-
 /// CPU seconds a `redis-server` has used so far (`INFO cpu`: user + system, all threads).
 async fn redis_cpu(conn: &mut MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
@@ -162,7 +153,7 @@ fn load_average() -> String {
 pub async fn run(args: BenchVerifyArgs) -> anyhow::Result<()> {
     let a = RedisProcess::start().context("cannot start the first region's redis-server")?;
     let b = RedisProcess::start().context("cannot start the second region's redis-server")?;
-    let (mut ca, mut cb) = (connect(&a).await?, connect(&b).await?);
+    let (mut ca, mut cb) = (connect(&a.url()).await?, connect(&b.url()).await?);
     let version: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut ca)

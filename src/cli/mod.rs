@@ -5,6 +5,7 @@
 mod bench;
 mod bench_apply;
 mod bench_compare;
+mod bench_hub;
 mod bench_resp;
 mod demo;
 mod publish;

@@ -35,10 +35,10 @@ use self::measure::{CpuMeter, CpuUse, SecondFigures};
 use self::regis::{Api, Setup};
 pub use self::workload::Mix;
 use self::workload::Workload;
-use super::bench::{BenchArgs, BusChoice};
+use super::bench::{BenchArgs, BusChoice, dedup, flush};
 use crate::command::Convergence;
 use crate::latency::LatencySummary;
-use crate::redis_process::{RedisProcess, connect};
+use crate::redis_process::RedisProcess;
 
 /// One configuration's figures.
 #[derive(Clone, Debug, Serialize)]
@@ -110,14 +110,6 @@ fn machine() -> String {
         version("nats-server"),
         env!("CARGO_PKG_VERSION")
     )
-}
-
-async fn flush(urls: &[String]) -> anyhow::Result<()> {
-    for url in urls {
-        let mut conn = connect(url).await?;
-        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-    }
-    Ok(())
 }
 
 fn ms(summary: &LatencySummary) -> String {
@@ -362,16 +354,6 @@ async fn direct_row(
     })
 }
 
-fn dedup<T: PartialEq + Copy>(items: Vec<T>) -> Vec<T> {
-    let mut out: Vec<T> = Vec::new();
-    for item in items {
-        if !out.contains(&item) {
-            out.push(item);
-        }
-    }
-    out
-}
-
 fn report(
     args: &BenchArgs,
     rate: u64,
@@ -462,19 +444,19 @@ fn report(
             println!(
                 "| {} | {:.1} MiB | {:.1} MiB |",
                 sample.messages,
-                scale::mib(sample.hub_rss_bytes),
-                scale::mib(sample.bus_bytes)
+                crate::cli::bench_hub::mib(sample.hub_rss_bytes),
+                crate::cli::bench_hub::mib(sample.bus_bytes)
             );
         }
         println!();
         println!(
             "hub RSS peak while the backlog built up: {:.1} MiB; bus file {:.0} bytes per message; the region drained {} messages in {:.1} s ({:.0} commands/s) after its Redis restarted, hub RSS peak while draining {:.1} MiB",
-            scale::mib(scale.peak_hub_rss_bytes),
+            crate::cli::bench_hub::mib(scale.peak_hub_rss_bytes),
             scale.bus_bytes_per_message,
             scale.backlog,
             scale.drain_secs,
             scale.drain_rate,
-            scale::mib(scale.peak_hub_rss_while_draining_bytes)
+            crate::cli::bench_hub::mib(scale.peak_hub_rss_while_draining_bytes)
         );
         println!(
             "{} distinct keys of {} bytes: {:.0} bytes per key written plainly, {:.0} through regis lww: {:.0} bytes of metadata per key",
@@ -487,7 +469,10 @@ fn report(
     }
 
     println!();
-    println!("Targets (issue 8, this 2-core machine):");
+    println!(
+        "Targets (issue 8, set for a 2-core machine; this one has {}):",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let find = |mode: Convergence| {
         rows.iter().find(|r| {
             r.setup.is_some_and(|s| {
@@ -521,7 +506,7 @@ fn report(
         );
     }
     if let Some(scale) = scale {
-        let peak = scale::mib(
+        let peak = crate::cli::bench_hub::mib(
             scale
                 .peak_hub_rss_bytes
                 .max(scale.peak_hub_rss_while_draining_bytes),

@@ -9,16 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use serde_json::json;
 
 use super::measure::{self, CpuMeter, CpuUse, SecondFigures};
 use super::workload::Workload;
 use crate::bus::Bus;
 use crate::bus::nats::NatsConfig;
-use crate::cli::bench::{BusChoice, wait_drained, worst};
+use crate::cli::bench::{BusChoice, hub_config, local_resp, wait_drained, worst};
 use crate::command::Convergence;
-use crate::config::{Config, RespConfig};
 use crate::hub::MessageRequest;
 use crate::latency::{LatencySummary, new_histogram};
 use crate::nats_process::NatsProcess;
@@ -26,8 +24,7 @@ use crate::publisher::Publisher;
 use crate::server::Server;
 
 /// How producers reach the hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     /// The RESP listener, through the `Publisher` library.
     Resp,
@@ -74,7 +71,6 @@ pub struct Load<'a> {
 }
 
 /// What a saturation or fixed-rate run gave.
-#[derive(Clone, Debug, Default, Serialize)]
 pub struct RunFigures {
     /// Commands per second applied in every region (saturation) or offered (fixed rate).
     pub rate: f64,
@@ -89,23 +85,6 @@ pub enum Run {
     FixedRate,
 }
 
-fn hub_config(setup: &Setup, urls: &[String], data: &std::path::Path, batch: usize) -> Config {
-    let names: Vec<(String, String)> = urls
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (format!("region{i}"), u.clone()))
-        .collect();
-    let named: Vec<(&str, String)> = names.iter().map(|(n, u)| (n.as_str(), u.clone())).collect();
-    let mut config = Config::with_regions(data.to_path_buf(), &named);
-    config.convergence = setup.convergence;
-    config.worker.batch_size = batch.max(64);
-    config.resp = Some(RespConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..RespConfig::default()
-    });
-    config
-}
-
 /// Starts a hub for `setup` on a fresh bus (for NATS, a fresh nats-server), runs `run`,
 /// stops it.
 pub async fn measure(
@@ -115,7 +94,9 @@ pub async fn measure(
     run: Run,
 ) -> anyhow::Result<RunFigures> {
     let data = tempfile::Builder::new().prefix("regis-bench-").tempdir()?;
-    let config = hub_config(setup, urls, data.path(), load.batch);
+    let mut config = hub_config(urls, data.path(), setup.convergence);
+    config.worker.batch_size = load.batch.max(64);
+    config.resp = Some(local_resp());
     let mut processes: Vec<(String, u32)> =
         vec![("regis (hub + producers)".into(), std::process::id())];
     processes.extend_from_slice(load.redis_pids);
@@ -154,25 +135,31 @@ async fn on_server<B: Bus>(
     run: Run,
     processes: &[(String, u32)],
 ) -> anyhow::Result<RunFigures> {
-    let producer = Producer::connect(setup.api, server).await?;
     let cpu = CpuMeter::start(processes);
-    let timeline = Timeline::start(server);
-    let rate = match run {
-        Run::Saturation => saturate(setup.api, server, load).await?,
-        Run::FixedRate => offer(&producer, load).await?,
-    };
-    wait_drained(server).await?;
-    let cpu = cpu.stop();
-    let timeline = timeline.stop().await;
-    let rate = match run {
-        Run::Saturation => load.messages as f64 / cpu.wall_secs,
-        Run::FixedRate => rate,
+    let (rate, timeline) = match run {
+        Run::Saturation => {
+            // Counted until every region applied everything: publishing alone is not done.
+            let started = Instant::now();
+            saturate(setup.api, server, load).await?;
+            wait_drained(server).await?;
+            (
+                load.messages as f64 / started.elapsed().as_secs_f64(),
+                Vec::new(),
+            )
+        }
+        Run::FixedRate => {
+            let producer = Producer::connect(setup.api, server).await?;
+            let timeline = Timeline::start(server);
+            let rate = offer(&producer, load).await?;
+            wait_drained(server).await?;
+            (rate, timeline.stop().await)
+        }
     };
     Ok(RunFigures {
         rate,
         latency: worst(server),
         timeline,
-        cpu,
+        cpu: cpu.stop(),
     })
 }
 
@@ -256,8 +243,7 @@ fn message_json(message: &MessageRequest) -> serde_json::Value {
 
 /// Publishes every message from `producers` concurrent producers, `batch` per call, each
 /// with its own connection as separate services would have.
-async fn saturate<B: Bus>(api: Api, server: &Server<B>, load: &Load<'_>) -> anyhow::Result<f64> {
-    let started = Instant::now();
+async fn saturate<B: Bus>(api: Api, server: &Server<B>, load: &Load<'_>) -> anyhow::Result<()> {
     let per_producer = load.messages.div_ceil(load.producers);
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..load.producers {
@@ -283,7 +269,7 @@ async fn saturate<B: Bus>(api: Api, server: &Server<B>, load: &Load<'_>) -> anyh
     while let Some(result) = tasks.join_next().await {
         result??;
     }
-    Ok(load.messages as f64 / started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// Offers `rate` messages/s for `duration`, each its own publish.

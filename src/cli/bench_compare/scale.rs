@@ -3,23 +3,22 @@
 //! (the hub's RSS and bus file as it grows), the drain once that Redis is back, and the
 //! memory `lww` metadata costs per key over `--memory-keys` distinct keys.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use serde::Serialize;
-use serde_json::Value;
-
-use super::measure::rss_bytes;
 use super::workload::Workload;
 use crate::cli::bench_apply::used_memory;
+use crate::cli::bench_hub::{ChildHub, mib};
 use crate::hub::MessageRequest;
 use crate::publisher::Publisher;
-use crate::redis_process::{RedisProcess, connect, die_with_parent, free_port};
+use crate::redis_process::{RedisProcess, connect};
+use anyhow::Context;
+use bytes::Bytes;
+use serde::Serialize;
+
+/// How long any region may take to drain in the scale runs.
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// The hub's memory and disk at one size of the backlog.
 #[derive(Clone, Debug, Serialize)]
@@ -43,121 +42,6 @@ pub struct ScaleFigures {
     pub memory_keys: usize,
     pub plain_bytes_per_key: f64,
     pub regis_bytes_per_key: f64,
-}
-
-/// `regis serve` as a child process.
-struct ChildHub {
-    child: Child,
-    http: std::net::SocketAddr,
-    resp: std::net::SocketAddr,
-    data: std::path::PathBuf,
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ChildHub {
-    fn start(dir: &Path, urls: &[String]) -> anyhow::Result<ChildHub> {
-        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let resp: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let data = dir.join("bus");
-        let mut config = format!(
-            "data_dir = {data:?}\nconvergence = \"lww\"\n[http]\nlisten = \"{http}\"\n\
-             [resp]\nlisten = \"{resp}\"\n",
-            data = data.display().to_string(),
-        );
-        for (i, url) in urls.iter().enumerate() {
-            config.push_str(&format!(
-                "[[regions]]\nname = \"region{i}\"\nredis = \"{url}\"\n"
-            ));
-        }
-        let path = dir.join("regis.toml");
-        std::fs::write(&path, config)?;
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .context("cannot start the hub (regis serve)")?;
-        Ok(ChildHub {
-            child,
-            http,
-            resp,
-            data,
-        })
-    }
-
-    async fn wait_up(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if reqwest::get(format!("http://{}/healthz", self.http))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the hub did not answer /healthz within 30s")
-    }
-
-    fn rss(&self) -> u64 {
-        rss_bytes(self.child.id()).unwrap_or(0)
-    }
-
-    fn bus_bytes(&self) -> u64 {
-        ["bus.sqlite3", "bus.sqlite3-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.data.join(f)).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-
-    /// Messages of each region waiting or in flight.
-    async fn pending(&self, http: &reqwest::Client) -> anyhow::Result<Vec<u64>> {
-        let status: Value = http
-            .get(format!("http://{}/v1/status", self.http))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let regions = status["regions"]
-            .as_array()
-            .context("/v1/status has no regions")?;
-        Ok(regions
-            .iter()
-            .map(|r| r["depth"].as_u64().unwrap_or(0) + r["in_flight"].as_u64().unwrap_or(0))
-            .collect())
-    }
-
-    async fn wait_pending(
-        &self,
-        http: &reqwest::Client,
-        region: usize,
-        peak_rss: &AtomicU64,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            peak_rss.fetch_max(self.rss(), Ordering::Relaxed);
-            if self.pending(http).await?.get(region).copied().unwrap_or(0) == 0 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("region{region} did not drain within an hour");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
@@ -244,7 +128,12 @@ pub async fn run(
     let dir = tempfile::Builder::new()
         .prefix("regis-bench-scale-")
         .tempdir()?;
-    let hub = ChildHub::start(dir.path(), &urls)?;
+    let regions: String = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| format!("[[regions]]\nname = \"region{i}\"\nredis = \"{url}\"\n"))
+        .collect();
+    let hub = ChildHub::start(dir.path(), "convergence = \"lww\"\n", &regions, None)?;
     hub.wait_up().await?;
     let http = reqwest::Client::new();
     let stopped = redis.len() - 1;
@@ -258,12 +147,12 @@ pub async fn run(
     redis[stopped].stop();
     eprintln!(
         "      region{stopped}'s redis-server stopped; publishing {backlog} messages (hub RSS {:.1} MiB, bus {:.1} MiB)",
-        mib(hub.rss()),
+        mib(hub.rss().unwrap_or(0)),
         mib(hub.bus_bytes())
     );
     figures.samples.push(BacklogSample {
         messages: 0,
-        hub_rss_bytes: hub.rss(),
+        hub_rss_bytes: hub.rss().unwrap_or(0),
         bus_bytes: hub.bus_bytes(),
     });
     let step = (backlog / 10).max(1);
@@ -279,7 +168,7 @@ pub async fn run(
         Arc::new(move |n| mix.message(n)),
         &bar,
         |sofar| {
-            let rss = hub.rss();
+            let rss = hub.rss().unwrap_or(0);
             peak = peak.max(rss);
             if sofar >= next_sample {
                 let sample = BacklogSample {
@@ -303,7 +192,7 @@ pub async fn run(
     .await?;
     let peak_rss = AtomicU64::new(peak);
     for region in 0..stopped {
-        hub.wait_pending(&http, region, &peak_rss).await?;
+        hub.wait_pending(&http, region, &peak_rss, HOUR).await?;
     }
     figures.peak_hub_rss_bytes = peak_rss.load(Ordering::Relaxed);
     let full = hub.bus_bytes();
@@ -312,7 +201,7 @@ pub async fn run(
         "      {backlog} messages waiting for region{stopped}: bus file {:.1} MiB ({:.0} bytes per message), hub RSS {:.1} MiB, peak {:.1} MiB",
         mib(full),
         figures.bus_bytes_per_message,
-        mib(hub.rss()),
+        mib(hub.rss().unwrap_or(0)),
         mib(figures.peak_hub_rss_bytes)
     );
 
@@ -337,7 +226,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        result = hub.wait_pending(&http, stopped, &draining_peak) => result?,
+        result = hub.wait_pending(&http, stopped, &draining_peak, HOUR) => result?,
         _ = watch => {}
     }
     bar.finish_and_clear();
@@ -352,10 +241,7 @@ pub async fn run(
     );
 
     // 3. Metadata: distinct keys written plainly and through the hub.
-    for url in &urls {
-        let mut conn = connect(url).await?;
-        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-    }
+    crate::cli::bench::flush(&urls).await?;
     let value = workload.value.clone();
     let plain = RedisProcess::start().context("cannot start the reference redis-server")?;
     let before_plain = used_memory(&plain.url()).await?;
@@ -400,7 +286,7 @@ pub async fn run(
     .await?;
     let ignored = AtomicU64::new(0);
     for region in 0..redis.len() {
-        hub.wait_pending(&http, region, &ignored).await?;
+        hub.wait_pending(&http, region, &ignored, HOUR).await?;
     }
     figures.regis_bytes_per_key =
         used_memory(&urls[0]).await?.saturating_sub(before) as f64 / memory_keys as f64;
@@ -409,8 +295,4 @@ pub async fn run(
         figures.plain_bytes_per_key, figures.regis_bytes_per_key
     );
     Ok(figures)
-}
-
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
