@@ -285,7 +285,11 @@ async fn poison_story<B: crate::bus::Bus>(
     singapore: &RedisProcess,
     regions: &[crate::verify::Region],
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let hub = super::client::HubClient::new(&super::client::HubArgs {
+        url: hub_url.to_string(),
+        token: None,
+        ca: None,
+    })?;
     println!(
         "5. A poison message. Someone wrote profile:ana into Singapore's Redis directly, as a string;"
     );
@@ -297,12 +301,11 @@ async fn poison_story<B: crate::bus::Bus>(
         .arg("written by hand")
         .query_async::<()>(&mut direct)
         .await?;
-    let answer: Value = http
-        .post(format!("{hub_url}/v1/publish"))
-        .json(&json!({ "commands": [["HSET", "profile:ana", "name", "Ana", "tier", "gold"]] }))
-        .send()
-        .await?
-        .json()
+    let answer = hub
+        .post(
+            "/v1/publish",
+            &json!({ "commands": [["HSET", "profile:ana", "name", "Ana", "tier", "gold"]] }),
+        )
         .await?;
     let id = answer["id"]
         .as_str()
@@ -315,27 +318,16 @@ async fn poison_story<B: crate::bus::Bus>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let listed: Value = http
-        .get(format!("{hub_url}/v1/regions/singapore/dead-letters"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let letter = &listed["dead_letters"][0];
-    println!("   Mumbai applied it. Singapore's Redis refused it every time, so after");
-    println!(
-        "   {} attempts it moved to Singapore's dead letters (regis dlq list --region singapore):",
-        letter["attempts"]
-    );
-    println!("     id       {}", letter["id"].as_str().unwrap_or("?"));
-    println!(
-        "     error    {}",
-        letter["last_error"].as_str().unwrap_or("?")
-    );
-    println!(
-        "     commands {}",
-        letter["preview"].as_str().unwrap_or("?")
-    );
+    let listed = hub.get("/v1/regions/singapore/dead-letters").await?;
+    println!("   Mumbai applied it. Singapore's Redis refused it every time, so it moved to");
+    println!("   Singapore's dead letters. regis dlq list --region singapore shows:\n");
+    for line in super::dlq::list_text("singapore", &listed).lines() {
+        if line.is_empty() {
+            println!();
+        } else {
+            println!("     {line}");
+        }
+    }
     println!();
 
     println!("6. The operator removes the stray string in Singapore and redrives the message");
@@ -344,14 +336,11 @@ async fn poison_story<B: crate::bus::Bus>(
         .arg("profile:ana")
         .query_async::<()>(&mut direct)
         .await?;
-    let redriven: Value = http
-        .post(format!(
-            "{hub_url}/v1/regions/singapore/dead-letters/redrive"
-        ))
-        .json(&json!({ "ids": [id] }))
-        .send()
-        .await?
-        .json()
+    let redriven = hub
+        .post(
+            "/v1/regions/singapore/dead-letters/redrive",
+            &json!({ "ids": [id] }),
+        )
         .await?;
     if redriven["redriven"].as_u64() != Some(1) {
         bail!("redrive answered {redriven}");

@@ -195,7 +195,8 @@ async fn act(
     Ok(())
 }
 
-fn list_text(region: &str, body: &Value) -> String {
+/// What `regis dlq list` prints for `body` (the hub's list answer).
+pub(super) fn list_text(region: &str, body: &Value) -> String {
     let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
         return format!("region {region} has no dead letters\n");
