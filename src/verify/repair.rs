@@ -15,7 +15,7 @@
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use super::read::{Expiry, ExpiryMode, expiry_command, expiry_from};
+use super::read::{ExpiryMode, dump_pipeline, run_dumps};
 use crate::apply::lww;
 
 /// The keys that together are one data key's state: itself and its metadata.
@@ -33,29 +33,24 @@ pub async fn copy_key(
     mode: ExpiryMode,
 ) -> Result<(), String> {
     let keys = family(key);
-    let mut read = redis::pipe();
+    let mut read = dump_pipeline(&keys, mode);
     read.atomic();
-    for k in &keys {
-        read.cmd("DUMP").arg(k).cmd(expiry_command(mode)).arg(k);
-    }
-    let replies: Vec<Value> = read
-        .query_async(source)
+    let dumped = run_dumps(source, &read, keys.len(), mode)
         .await
         .map_err(|err| format!("cannot read it from the source region: {err}"))?;
-    if replies.len() != keys.len() * 2 {
+    if dumped.len() != keys.len() {
         return Err(format!(
-            "the source region answered {} replies to {} reads",
-            replies.len(),
-            keys.len() * 2
+            "the source region answered {} of {} reads",
+            dumped.len(),
+            keys.len()
         ));
     }
     let mut write = redis::pipe();
     write.atomic().ignore_errors();
-    for (k, pair) in keys.iter().zip(replies.chunks(2)) {
-        match &pair[0] {
-            Value::BulkString(payload) => {
-                let expiry = expiry_from(&pair[1], mode).unwrap_or(Expiry::Never);
-                let (ttl, absolute) = expiry.restore_ttl(mode);
+    for (k, key_state) in keys.iter().zip(&dumped) {
+        match &key_state.payload {
+            Some(payload) => {
+                let (ttl, absolute) = key_state.expiry.restore_ttl(mode);
                 write
                     .cmd("RESTORE")
                     .arg(k)
@@ -66,7 +61,7 @@ pub async fn copy_key(
                     write.arg("ABSTTL");
                 }
             }
-            _ => {
+            None => {
                 write.cmd("DEL").arg(k);
             }
         }
