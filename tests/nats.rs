@@ -101,11 +101,7 @@ impl Publisher {
 async fn all_applied(regions: &[regis::redis_process::RedisProcess], acked: &[usize]) -> bool {
     for region in regions {
         let snap = snapshot(region).await;
-        let complete = acked.iter().all(|i| {
-            snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
-                == Some(&Entry::String(format!("value{i}").into_bytes()))
-        });
-        if !complete {
+        if !missing_acked(&snap, acked).is_empty() {
             return false;
         }
     }

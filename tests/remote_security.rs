@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use regis::bus::remote::wire::{LeaseRequest, SettleRequest};
+use regis::bus::remote::wire::SettleRequest;
 use regis::config::{AuthConfig, Config, WorkerPlacement};
 use regis::redis_process::{RedisProcess, free_port};
 use reqwest::Method;
@@ -76,14 +76,7 @@ async fn every_endpoint_wants_its_roles_token() {
     let json = |v: Value| Some((v.to_string().into_bytes(), "application/json"));
     let postcard = |bytes: Vec<u8>| Some((bytes, "application/x-regis-postcard"));
     let id = "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
-    let lease = postcard::to_stdvec(&LeaseRequest {
-        max: 10,
-        wait_ms: 0,
-        linger_ms: 0,
-        settle: vec![],
-        session: 7,
-    })
-    .unwrap();
+    let lease = lease_body(10, 0, 7);
     let settle = postcard::to_stdvec(&SettleRequest { settle: vec![] }).unwrap();
     let endpoints = [
         Endpoint {

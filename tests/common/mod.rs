@@ -28,7 +28,7 @@ use regis::envelope::MessageId;
 use regis::nats_process::NatsProcess;
 use regis::redis_process::RedisProcess;
 use regis::server::{Server, connect_nats, open_embedded};
-use regis::snapshot::Snapshot;
+use regis::snapshot::{Entry, Snapshot};
 use serde_json::{Value, json};
 
 /// Starts `n` regions' Redis, or fails the test saying how to install it.
@@ -154,6 +154,19 @@ pub async fn snapshot(region: &RedisProcess) -> Snapshot {
         .expect("the region's Redis answers")
 }
 
+/// Which of the acknowledged messages `acked` (message `i` sets `key<i>` to `value<i>`)
+/// `snap` lacks.
+pub fn missing_acked(snap: &Snapshot, acked: &[usize]) -> Vec<usize> {
+    acked
+        .iter()
+        .copied()
+        .filter(|i| {
+            snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
+                != Some(&Entry::String(format!("value{i}").into_bytes()))
+        })
+        .collect()
+}
+
 /// Waits until every region holds the same data as `expected`; panics with the differences.
 pub async fn assert_converges(regions: &[RedisProcess], expected: &Snapshot, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -220,6 +233,19 @@ pub async fn redis_cmd(region: &RedisProcess, args: &[&str]) -> redis::Value {
         .expect("the command succeeds")
 }
 
+/// A remote worker's lease request (postcard): up to `max` messages, waiting up to
+/// `wait_ms` for the first, settling nothing.
+pub fn lease_body(max: u32, wait_ms: u32, session: u64) -> Vec<u8> {
+    postcard::to_stdvec(&regis::bus::remote::wire::LeaseRequest {
+        max,
+        wait_ms,
+        linger_ms: 0,
+        settle: vec![],
+        session,
+    })
+    .expect("a lease request encodes")
+}
+
 /// Starts an in-process hub on the embedded bus.
 pub async fn start_hub(config: &Config) -> Server<EmbeddedBus> {
     Server::start(config).await.expect("the hub starts")
@@ -241,7 +267,6 @@ pub fn nats_server() -> NatsProcess {
 
 /// One test's bus environment: a data directory, and for NATS its own server.
 pub struct Env {
-    pub backend: Backend,
     pub data: tempfile::TempDir,
     pub nats: Option<NatsProcess>,
 }
@@ -250,7 +275,6 @@ impl Env {
     /// A fresh environment (an empty data directory; a fresh `nats-server` for NATS).
     pub fn new(backend: Backend) -> Env {
         Env {
-            backend,
             data: tempfile::tempdir().expect("a temporary directory"),
             nats: match backend {
                 Backend::Embedded => None,
@@ -685,11 +709,6 @@ impl WorkerProcess {
     /// SIGKILL.
     pub fn kill_9(&mut self) {
         kill_9(&mut self.child);
-    }
-
-    /// SIGTERM, then the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        terminate(&mut self.child, "regis worker")
     }
 }
 
