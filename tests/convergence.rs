@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{redis_cmd, snapshot};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestRunner};
 use rand::seq::SliceRandom;
@@ -31,7 +32,6 @@ use regis::clock::{HybridClock, now_ms, now_us};
 use regis::command::{Command, Convergence, prepare};
 use regis::envelope::{Envelope, MessageId};
 use regis::redis_process::RedisProcess;
-use regis::snapshot::Snapshot;
 
 /// What the generator knows of a key, in version order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -390,13 +390,6 @@ struct Servers {
     region: RedisProcess,
     reference: RedisProcess,
 }
-async fn flush(url: &str) {
-    let mut conn = regis::redis_process::connect(url).await.unwrap();
-    redis::cmd("FLUSHALL")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
-}
 
 /// Delivers `messages` to the region in a scrambled order with duplicates, retrying failures.
 async fn deliver_scrambled(
@@ -438,8 +431,8 @@ async fn deliver_scrambled(
 
 async fn check(servers: &Servers, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     let messages = history(&steps);
-    flush(&servers.region.url()).await;
-    flush(&servers.reference.url()).await;
+    redis_cmd(&servers.region, &["FLUSHALL"]).await;
+    redis_cmd(&servers.reference, &["FLUSHALL"]).await;
 
     // The reference: every message once, in version order, as plain commands.
     let plain = Applier::new(Convergence::None, Duration::from_secs(3600));
@@ -476,8 +469,8 @@ async fn check(servers: &Servers, steps: Vec<Step>, seed: u64) -> Result<(), Tes
         .await
         .map_err(|err| TestCaseError::fail(format!("{err}\nhistory:\n  {}", history())))?;
 
-    let expected = Snapshot::read(&servers.reference.url(), 0).await.unwrap();
-    let got = Snapshot::read(&servers.region.url(), 0).await.unwrap();
+    let expected = snapshot(&servers.reference).await;
+    let got = snapshot(&servers.region).await;
     let diffs = expected.differences(&got, 1000, 10);
     if !diffs.is_empty() {
         return Err(TestCaseError::fail(format!(

@@ -22,7 +22,7 @@ use regis::latency::LatencyWindow;
 use regis::redis_process::RedisProcess;
 use regis::snapshot::{Entry, Snapshot};
 use regis::worker::{self, WorkerSettings};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,20 +33,11 @@ struct Published {
 }
 
 async fn publish_recorded(addr: std::net::SocketAddr, commands: Vec<Vec<String>>) -> Published {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/publish"))
-        .json(&json!({ "commands": commands }))
-        .send()
+    let answer = publish_answer(addr, json!(commands))
         .await
-        .expect("the hub answers");
-    assert!(
-        response.status().is_success(),
-        "publish refused: {:?}",
-        response.text().await
-    );
-    let body: Value = response.json().await.unwrap();
+        .unwrap_or_else(|e| panic!("publish refused: {e:?}"));
     Published {
-        version: body["version"].as_str().unwrap().parse().unwrap(),
+        version: version_of(&answer),
         commands,
     }
 }

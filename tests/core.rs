@@ -430,10 +430,7 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing(
         let mut all = true;
         for region in &regions {
             let snap = snapshot(region).await;
-            all &= acked.iter().all(|i| {
-                snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
-                    == Some(&Entry::String(format!("value{i}").into_bytes()))
-            });
+            all &= missing_acked(&snap, &acked).is_empty();
             all &= snap.keys.get(b"acked".as_slice()).map(|e| &e.0)
                 == Some(&Entry::String(b"300".to_vec()));
             all &= snap.keys.contains_key(b"after-restart".as_slice());
@@ -957,18 +954,15 @@ async fn serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id(ba
     let path = write_config(env.data.path(), &env.config(&regions), port);
     let mut serve = ServeProcess::start(&path, addr).await;
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args([
-            "publish",
-            "--url",
-            &format!("http://{addr}"),
-            "--",
-            "SET",
-            "cli-key",
-            "cli value",
-        ])
-        .output()
-        .unwrap();
+    let output = regis(&[
+        "publish",
+        "--url",
+        &format!("http://{addr}"),
+        "--",
+        "SET",
+        "cli-key",
+        "cli value",
+    ]);
     assert!(
         output.status.success(),
         "{}",
@@ -980,17 +974,14 @@ async fn serve_drains_and_exits_zero_on_sigterm_and_publish_cli_prints_the_id(ba
         "prints the message id, got {id:?}"
     );
 
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args([
-            "publish",
-            "--url",
-            &format!("http://{addr}"),
-            "--",
-            "GET",
-            "cli-key",
-        ])
-        .output()
-        .unwrap();
+    let refused = regis(&[
+        "publish",
+        "--url",
+        &format!("http://{addr}"),
+        "--",
+        "GET",
+        "cli-key",
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("read from your regional Redis"));
 
@@ -1015,11 +1006,7 @@ fn a_bad_config_fails_at_start_naming_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[delivery]\nmax_receives = 0\n[[regions]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1\"\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = regis(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -1030,11 +1017,7 @@ fn a_bad_config_fails_at_start_naming_the_file_and_key() {
 
 #[test]
 fn the_demo_runs_and_exits_zero() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regis"))
-        .arg("demo")
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+    let output = regis(&["demo"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -1080,20 +1063,11 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
             result.unwrap();
         }
         for region in &regions {
-            let mut settled = 0;
-            while settled < 2000 {
-                let got = bus
-                    .receive(region, 500, Duration::from_secs(1))
-                    .await
-                    .unwrap();
-                settled += got.len();
-                bus.settle(
-                    region,
-                    got.into_iter().map(|d| (d.receipt, Settle::Ack)).collect(),
-                )
-                .await
-                .unwrap();
-            }
+            assert_eq!(
+                ack_all(&bus, region, 2000, Duration::from_secs(30)).await,
+                2000,
+                "round {round}, region {region}"
+            );
         }
         let collected = eventually(Duration::from_secs(10), || async {
             bus.footprint().await.unwrap().topic_messages == 0

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -102,11 +101,7 @@ impl Publisher {
 async fn all_applied(regions: &[regis::redis_process::RedisProcess], acked: &[usize]) -> bool {
     for region in regions {
         let snap = snapshot(region).await;
-        let complete = acked.iter().all(|i| {
-            snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
-                == Some(&Entry::String(format!("value{i}").into_bytes()))
-        });
-        if !complete {
+        if !missing_acked(&snap, acked).is_empty() {
             return false;
         }
     }
@@ -170,31 +165,6 @@ async fn killing_and_restarting_nats_server_while_publishing_loses_nothing_ackno
     shutdown(hub).await;
 }
 
-/// `regis worker` as a child process; killed when dropped.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn start(args: &[&str]) -> WorkerProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_regis"))
-            .arg("worker")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn regis worker");
-        WorkerProcess(child)
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The multi-region topology of docs/nats.md on one machine: the hub's NATS server (domain
 /// `hub`) holds the stream; region r1 has a NATS server of its own, a leaf node of the hub's
 /// with its own JetStream domain, and r1's worker runs as `regis worker` talking only to that
@@ -236,14 +206,18 @@ async fn a_remote_region_is_served_through_its_own_leaf_node_and_catches_up_afte
     });
     let region_path = write_config(region_dir.path(), &region_config, free_port().unwrap());
     let r1_redis = regions[1].url();
-    let _worker = WorkerProcess::start(&[
-        "--region",
-        "r1",
-        "--redis",
-        &r1_redis,
-        "--config",
-        region_path.to_str().unwrap(),
-    ]);
+    let _worker = WorkerProcess::run(
+        &[
+            "worker",
+            "--region",
+            "r1",
+            "--redis",
+            &r1_redis,
+            "--config",
+            region_path.to_str().unwrap(),
+        ],
+        &[],
+    );
 
     for i in 0..50 {
         publish(
@@ -339,24 +313,11 @@ async fn acknowledged_messages_leave_the_topic_stream() {
     };
     assert!(stored().await > 0, "the backlog is in the stream");
     for region in ["r0", "r1"] {
-        let mut settled = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while settled < 1000 && std::time::Instant::now() < deadline {
-            let got = regis::bus::Consume::receive(&bus, region, 256, Duration::from_secs(1))
-                .await
-                .unwrap();
-            settled += got.len();
-            regis::bus::Consume::settle(
-                &bus,
-                region,
-                got.into_iter()
-                    .map(|d| (d.receipt, regis::bus::Settle::Ack))
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        }
-        assert_eq!(settled, 1000, "region {region}");
+        assert_eq!(
+            ack_all(&bus, region, 1000, Duration::from_secs(20)).await,
+            1000,
+            "region {region}"
+        );
     }
     let emptied = eventually(Duration::from_secs(10), || async { stored().await == 0 }).await;
     assert!(emptied, "{} messages left in the topic", stored().await);
@@ -367,13 +328,9 @@ async fn acknowledged_messages_leave_the_topic_stream() {
 fn regis_worker_and_serve_refuse_what_they_cannot_do_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_regis"))
-            .args(args)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
+        let output = regis(args);
         assert!(!output.status.success(), "{args:?} succeeded");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        stderr(&output)
     };
     let embedded = dir.path().join("embedded.toml");
     std::fs::write(

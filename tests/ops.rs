@@ -16,30 +16,6 @@ use regis::redis_process::{RedisProcess, free_port};
 use regis::snapshot::Entry;
 use serde_json::{Value, json};
 
-/// Runs the `regis` binary to completion.
-fn regis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("REGIS_URL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the regis binary")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn explain(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The value of one Prometheus sample: `name` with exactly these labels (in any order).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {

@@ -62,6 +62,17 @@ fn message(i: usize) -> Value {
     ])
 }
 
+/// POSTs a lease for region r1 as its worker ([`lease_body`]).
+async fn lease(addr: SocketAddr, session: u64, max: u32, wait_ms: u32) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
+        .bearer_auth(WORKER)
+        .body(lease_body(max, wait_ms, session))
+        .send()
+        .await
+        .expect("the hub answers HTTP")
+}
+
 /// Waits until every region holds every acknowledged message and all regions are equal.
 async fn assert_acknowledged_everywhere(
     regions: &[RedisProcess],
@@ -74,14 +85,7 @@ async fn assert_acknowledged_everywhere(
         let mut snaps = Vec::new();
         for (r, region) in regions.iter().enumerate() {
             let snap = snapshot(region).await;
-            let missing: Vec<&usize> = acked
-                .iter()
-                .filter(|i| {
-                    snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
-                        != Some(&Entry::String(format!("value{i}").into_bytes()))
-                })
-                .take(5)
-                .collect();
+            let missing: Vec<usize> = missing_acked(&snap, acked).into_iter().take(5).collect();
             if !missing.is_empty() {
                 problems.push(format!(
                     "region r{r} lacks acknowledged messages {missing:?}"
@@ -267,26 +271,14 @@ async fn a_remote_worker_replicates_over_a_wan_link_on(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_session_s_waiting_lease_takes_nothing() {
     use regis::bus::Stats;
-    use regis::bus::remote::wire::{LeaseRequest, LeaseResponse};
+    use regis::bus::remote::wire::LeaseResponse;
     let regions = regions(2);
     let data = tempfile::tempdir().unwrap();
     let config = remote_config(&data.path().join("bus"), &regions);
     let hub = start_hub(&config).await;
     let addr = hub.http_addr();
     // A long-poll that the worker gives up on (its process died, the link dropped).
-    let body = postcard::to_stdvec(&LeaseRequest {
-        max: 100,
-        wait_ms: 20_000,
-        linger_ms: 0,
-        settle: vec![],
-        session: 7,
-    })
-    .unwrap();
-    let request = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
-        .bearer_auth(WORKER)
-        .body(body)
-        .send();
+    let request = lease(addr, 7, 100, 20_000);
     let abandoned = tokio::time::timeout(Duration::from_millis(300), request).await;
     assert!(abandoned.is_err(), "the long-poll was still waiting");
     // The stopping worker releases its session (what RemoteBus::close does).
@@ -304,21 +296,7 @@ async fn a_released_session_s_waiting_lease_takes_nothing() {
     // Had the abandoned poll leased it, a live one would only get it after the visibility
     // timeout (3 s), as a second delivery.
     let started = Instant::now();
-    let body = postcard::to_stdvec(&LeaseRequest {
-        max: 100,
-        wait_ms: 5_000,
-        linger_ms: 0,
-        settle: vec![],
-        session: 8,
-    })
-    .unwrap();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
-        .bearer_auth(WORKER)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let answer = lease(addr, 8, 100, 5_000).await;
     assert_eq!(answer.status(), 200);
     let lease: LeaseResponse = postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
     assert_eq!(lease.deliveries.len(), 1);
@@ -383,17 +361,13 @@ impl Load {
     }
 }
 
-async fn keys_in(region: &RedisProcess) -> usize {
-    snapshot(region).await.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_during_publishing_then_catch_up_loses_nothing() {
     let wan = Wan::start().await;
     let load = Load::start(wan.addr, Duration::from_millis(5));
     load.wait_for(100).await;
     let synced = eventually(Duration::from_secs(20), || async {
-        keys_in(&wan.regions[1]).await >= 50
+        snapshot(&wan.regions[1]).await.len() >= 50
     })
     .await;
     assert!(synced, "the remote region applies before the partition");
@@ -586,7 +560,7 @@ async fn a_full_bus_refuses_publishes_clearly_and_recovers_as_the_region_drains(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_an_idle_region_every_waiting_lease_comes_back_within_its_wait() {
-    use regis::bus::remote::wire::{LeaseRequest, LeaseResponse};
+    use regis::bus::remote::wire::LeaseResponse;
     let regions = regions(2);
     let data = tempfile::tempdir().unwrap();
     let hub = start_hub(&remote_config(&data.path().join("bus"), &regions)).await;
@@ -595,21 +569,7 @@ async fn in_an_idle_region_every_waiting_lease_comes_back_within_its_wait() {
     let polls: Vec<_> = (0..4)
         .map(|_| {
             tokio::spawn(async move {
-                let body = postcard::to_stdvec(&LeaseRequest {
-                    max: 10,
-                    wait_ms: 1_000,
-                    linger_ms: 0,
-                    settle: vec![],
-                    session: 7,
-                })
-                .unwrap();
-                let answer = reqwest::Client::new()
-                    .post(format!("http://{addr}/v1/worker/regions/r1/lease"))
-                    .bearer_auth(WORKER)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
+                let answer = lease(addr, 7, 10, 1_000).await;
                 assert_eq!(answer.status(), 200);
                 let lease: LeaseResponse =
                     postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();

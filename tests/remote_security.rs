@@ -5,11 +5,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use regis::bus::remote::wire::{LeaseRequest, SettleRequest};
+use regis::bus::remote::wire::SettleRequest;
 use regis::config::{AuthConfig, Config, WorkerPlacement};
 use regis::redis_process::{RedisProcess, free_port};
 use reqwest::Method;
@@ -33,29 +33,6 @@ fn secured(data_dir: &std::path::Path, regions: &[RedisProcess]) -> Config {
     let mut config = config(data_dir, regions);
     config.auth = Some(auth());
     config
-}
-
-fn regis(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
-    command
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("REGIS_URL")
-        .env_remove("REGIS_TOKEN")
-        .stdin(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("run the regis binary")
-}
-
-fn explain(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// One endpoint: method, path, body, the role it needs, and a status that proves the
@@ -99,14 +76,7 @@ async fn every_endpoint_wants_its_roles_token() {
     let json = |v: Value| Some((v.to_string().into_bytes(), "application/json"));
     let postcard = |bytes: Vec<u8>| Some((bytes, "application/x-regis-postcard"));
     let id = "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
-    let lease = postcard::to_stdvec(&LeaseRequest {
-        max: 10,
-        wait_ms: 0,
-        linger_ms: 0,
-        settle: vec![],
-        session: 7,
-    })
-    .unwrap();
+    let lease = lease_body(10, 0, 7);
     let settle = postcard::to_stdvec(&SettleRequest { settle: vec![] }).unwrap();
     let endpoints = [
         Endpoint {
@@ -256,7 +226,7 @@ async fn tokens_from_the_environment_and_the_cli_token() {
     let path_arg = path.to_str().unwrap();
 
     // A variable that is not set: a start-up error naming it, and nothing served.
-    let missing = regis(
+    let missing = regis_env(
         &["serve", "--config", path_arg],
         &[("TEST_REGIS_PUBLISH_TOKEN", PUBLISH)],
     );
@@ -269,7 +239,7 @@ async fn tokens_from_the_environment_and_the_cli_token() {
         "{}",
         explain(&missing)
     );
-    let short = regis(
+    let short = regis_env(
         &["serve", "--config", path_arg],
         &[
             ("TEST_REGIS_PUBLISH_TOKEN", PUBLISH),
@@ -284,12 +254,9 @@ async fn tokens_from_the_environment_and_the_cli_token() {
     );
 
     // Set: the hub runs and takes exactly those tokens.
-    let child = Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args(["serve", "--config", path_arg])
-        .env("RUST_LOG", "warn")
+    let child = regis_command(&["serve", "--config", path_arg])
         .env("TEST_REGIS_PUBLISH_TOKEN", PUBLISH)
         .env("TEST_REGIS_ADMIN_TOKEN", ADMIN)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -308,7 +275,7 @@ async fn tokens_from_the_environment_and_the_cli_token() {
     assert!(up, "the hub started with tokens from its environment");
 
     let url = format!("http://{addr}");
-    let refused = regis(&["status", "--url", &url], &[]);
+    let refused = regis_env(&["status", "--url", &url], &[]);
     assert!(!refused.status.success(), "{}", explain(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -316,15 +283,15 @@ async fn tokens_from_the_environment_and_the_cli_token() {
         "{}",
         explain(&refused)
     );
-    let wrong = regis(&["status", "--url", &url, "--token", PUBLISH], &[]);
+    let wrong = regis_env(&["status", "--url", &url, "--token", PUBLISH], &[]);
     assert!(
         String::from_utf8_lossy(&wrong.stderr).contains("403"),
         "{}",
         explain(&wrong)
     );
-    let status = regis(&["status", "--url", &url], &[("REGIS_TOKEN", ADMIN)]);
+    let status = regis_env(&["status", "--url", &url], &[("REGIS_TOKEN", ADMIN)]);
     assert!(status.status.success(), "{}", explain(&status));
-    let published = regis(
+    let published = regis_env(
         &[
             "publish", "--url", &url, "--token", PUBLISH, "--", "SET", "from-cli", "yes",
         ],
@@ -388,12 +355,12 @@ async fn https_with_a_test_ca_for_the_api_and_the_remote_worker() {
 
     // The CLI and the remote worker, with --ca.
     let ca_arg = ca.ca_path.to_str().unwrap();
-    let status = regis(
+    let status = regis_env(
         &["status", "--url", &url, "--ca", ca_arg, "--token", ADMIN],
         &[],
     );
     assert!(status.status.success(), "{}", explain(&status));
-    let no_ca = regis(&["status", "--url", &url, "--token", ADMIN], &[]);
+    let no_ca = regis_env(&["status", "--url", &url, "--token", ADMIN], &[]);
     assert!(!no_ca.status.success(), "{}", explain(&no_ca));
     let _worker = WorkerProcess::start(
         &url,

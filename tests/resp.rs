@@ -17,6 +17,7 @@ use regis::hub::MessageRequest;
 use regis::publisher::{ErrorKind, Publisher, PublisherOptions};
 use regis::redis_process::RedisProcess;
 use regis::server::Server;
+use regis::snapshot::Entry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1022,43 +1023,12 @@ async fn max_connections_and_idle_timeout() {
 
 // --- TLS ----------------------------------------------------------------------------------
 
-struct TestCa {
-    ca_pem: String,
-    cert_path: std::path::PathBuf,
-    key_path: std::path::PathBuf,
-}
-
-/// A throwaway CA and a certificate for 127.0.0.1/localhost signed by it.
-fn test_ca(dir: &Path) -> TestCa {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Regis test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, server_cert.pem()).unwrap();
-    std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
-    TestCa {
-        ca_pem: ca_cert.pem(),
-        cert_path,
-        key_path,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_with_a_test_ca() {
     let regions = regions(2);
     let data = tempfile::tempdir().unwrap();
     let ca = test_ca(data.path());
+    let ca_pem = std::fs::read(&ca.ca_path).unwrap();
     let (hub, addr) = resp_hub(&regions, &data.path().join("bus"), |config| {
         let resp = config.resp.as_mut().unwrap();
         resp.tls_cert = Some(ca.cert_path.clone());
@@ -1070,7 +1040,7 @@ async fn tls_listener_with_a_test_ca() {
             format!("rediss://127.0.0.1:{}", addr.port()),
             redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(ca.ca_pem.clone().into_bytes()),
+                root_cert: Some(ca_pem.clone()),
             },
         )
         .unwrap()
@@ -1265,7 +1235,11 @@ async fn stopping_finishes_the_round_in_hand_and_every_ack_survives() {
     assert_eq!(&first, b"+OK\r\n");
     let stopping = tokio::spawn(hub.shutdown());
     let mut replies = first.to_vec();
-    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut replies)).await;
+    // The hub closes the connection once stopped. (The read itself may end in a reset: the
+    // hub closes with part of the pipeline unread.)
+    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut replies))
+        .await
+        .expect("the hub closes the connection once stopped");
     stopping.await.unwrap();
     drop(sender.await);
     let text = String::from_utf8(replies).unwrap();
@@ -1277,12 +1251,26 @@ async fn stopping_finishes_the_round_in_hand_and_every_ack_survives() {
         "only whole +OK replies: {}",
         &text[..80.min(text.len())]
     );
-    assert!(acked >= 1);
+    assert!(
+        acked < 20_000,
+        "the stop came while the pipeline was in flight, so some SETs go unanswered"
+    );
 
     // Every acknowledged SET is durable: a new hub on the same data applies them all.
     let restarted = start_hub(&config(data.path(), &regions)).await;
     assert!(drained(restarted.bus(), Duration::from_secs(30)).await);
-    let last = format!("drain:{}", acked - 1);
-    converges(&regions, 0, &[(&["GET", &last], &(acked - 1).to_string())]).await;
+    let snap = snapshot(&regions[0]).await;
+    let lost: Vec<usize> = (0..acked)
+        .filter(|i| {
+            snap.keys.get(format!("drain:{i}").as_bytes()).map(|e| &e.0)
+                != Some(&Entry::String(i.to_string().into_bytes()))
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged SETs are missing, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
     restarted.shutdown().await;
 }

@@ -13,7 +13,7 @@ pub mod scrambler;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use regis::bus::embedded::{EmbeddedBus, StoreOptions};
@@ -28,7 +28,7 @@ use regis::envelope::MessageId;
 use regis::nats_process::NatsProcess;
 use regis::redis_process::RedisProcess;
 use regis::server::{Server, connect_nats, open_embedded};
-use regis::snapshot::Snapshot;
+use regis::snapshot::{Entry, Snapshot};
 use serde_json::{Value, json};
 
 /// Starts `n` regions' Redis, or fails the test saying how to install it.
@@ -154,6 +154,19 @@ pub async fn snapshot(region: &RedisProcess) -> Snapshot {
         .expect("the region's Redis answers")
 }
 
+/// Which of the acknowledged messages `acked` (message `i` sets `key<i>` to `value<i>`)
+/// `snap` lacks.
+pub fn missing_acked(snap: &Snapshot, acked: &[usize]) -> Vec<usize> {
+    acked
+        .iter()
+        .copied()
+        .filter(|i| {
+            snap.keys.get(format!("key{i}").as_bytes()).map(|e| &e.0)
+                != Some(&Entry::String(format!("value{i}").into_bytes()))
+        })
+        .collect()
+}
+
 /// Waits until every region holds the same data as `expected`; panics with the differences.
 pub async fn assert_converges(regions: &[RedisProcess], expected: &Snapshot, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -185,6 +198,27 @@ pub async fn drained<S: Stats>(bus: &S, timeout: Duration) -> bool {
     .await
 }
 
+/// Receives and acknowledges `region`'s messages until `n` are settled or `timeout` passes;
+/// returns how many were settled.
+pub async fn ack_all<C: Consume>(bus: &C, region: &str, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut settled = 0;
+    while settled < n && Instant::now() < deadline {
+        let got = bus
+            .receive(region, 500, Duration::from_secs(1))
+            .await
+            .expect("the bus delivers");
+        settled += got.len();
+        bus.settle(
+            region,
+            got.into_iter().map(|d| (d.receipt, Settle::Ack)).collect(),
+        )
+        .await
+        .expect("the bus settles");
+    }
+    settled
+}
+
 /// A raw command against a region, for setting up or inspecting state directly.
 pub async fn redis_cmd(region: &RedisProcess, args: &[&str]) -> redis::Value {
     let mut conn = regis::redis_process::connect(&region.url())
@@ -197,6 +231,19 @@ pub async fn redis_cmd(region: &RedisProcess, args: &[&str]) -> redis::Value {
     cmd.query_async(&mut conn)
         .await
         .expect("the command succeeds")
+}
+
+/// A remote worker's lease request (postcard): up to `max` messages, waiting up to
+/// `wait_ms` for the first, settling nothing.
+pub fn lease_body(max: u32, wait_ms: u32, session: u64) -> Vec<u8> {
+    postcard::to_stdvec(&regis::bus::remote::wire::LeaseRequest {
+        max,
+        wait_ms,
+        linger_ms: 0,
+        settle: vec![],
+        session,
+    })
+    .expect("a lease request encodes")
 }
 
 /// Starts an in-process hub on the embedded bus.
@@ -220,7 +267,6 @@ pub fn nats_server() -> NatsProcess {
 
 /// One test's bus environment: a data directory, and for NATS its own server.
 pub struct Env {
-    pub backend: Backend,
     pub data: tempfile::TempDir,
     pub nats: Option<NatsProcess>,
 }
@@ -229,7 +275,6 @@ impl Env {
     /// A fresh environment (an empty data directory; a fresh `nats-server` for NATS).
     pub fn new(backend: Backend) -> Env {
         Env {
-            backend,
             data: tempfile::tempdir().expect("a temporary directory"),
             nats: match backend {
                 Backend::Embedded => None,
@@ -408,6 +453,60 @@ impl Stats for AnyBus {
     }
 }
 
+/// The environment variables the `regis` CLI reads as defaults for its flags. Tests clear
+/// them, so a developer's own settings never change what a test runs.
+pub const REGIS_ENV: &[&str] = &["REGIS_URL", "REGIS_TOKEN", "REGIS_HUB", "REGIS_REDIS"];
+
+/// The `regis` binary with `args`, in a hermetic environment: `RUST_LOG=warn`, none of
+/// [`REGIS_ENV`], stdin closed, and killed if the thread that spawns it exits (a test killed
+/// by its timeout leaves nothing behind).
+pub fn regis_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    for var in REGIS_ENV {
+        command.env_remove(var);
+    }
+    regis::redis_process::die_with_parent(&mut command);
+    command
+}
+
+/// Runs the `regis` binary to completion ([`regis_command`]).
+pub fn regis(args: &[&str]) -> Output {
+    regis_env(args, &[])
+}
+
+/// Runs the `regis` binary to completion with `env` added to its environment.
+pub fn regis_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = regis_command(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run the regis binary")
+}
+
+/// A finished command's standard output.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A finished command's standard error.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A finished command's exit code and output, for assertion messages.
+pub fn explain(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    )
+}
+
 /// `regis serve` as a child process, for kill -9 and signal tests.
 pub struct ServeProcess {
     pub child: Child,
@@ -508,16 +607,11 @@ fn root_and_http_keys(config: &Config) -> (String, String) {
 impl ServeProcess {
     /// Runs `regis serve --config <path>` and waits until /healthz answers.
     pub async fn start(config_path: &Path, addr: SocketAddr) -> ServeProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
+        let mut command = regis_command(&["serve", "--config"]);
         command
-            .args(["serve", "--config"])
             .arg(config_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // A test killed by its timeout leaves no hub behind.
-        regis::redis_process::die_with_parent(&mut command);
         let child = command.spawn().expect("spawn regis serve");
         let serve = ServeProcess {
             child,
@@ -594,18 +688,16 @@ impl WorkerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> WorkerProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_regis"));
-        regis::redis_process::die_with_parent(&mut command);
-        command
-            .args(["worker", "--hub", hub, "--region", region, "--redis", redis])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .env_remove("REGIS_TOKEN")
-            .env_remove("REGIS_HUB")
-            .env_remove("REGIS_REDIS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let mut args = vec!["worker", "--hub", hub, "--region", region, "--redis", redis];
+        args.extend_from_slice(extra);
+        WorkerProcess::run(&args, env)
+    }
+
+    /// Runs `regis` with `args` (starting with `worker`) in the background, with `env` added
+    /// to its environment ([`regis_command`]).
+    pub fn run(args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+        let mut command = regis_command(args);
+        command.stdout(Stdio::null()).stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
         }
@@ -617,11 +709,6 @@ impl WorkerProcess {
     /// SIGKILL.
     pub fn kill_9(&mut self) {
         kill_9(&mut self.child);
-    }
-
-    /// SIGTERM, then the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        terminate(&mut self.child, "regis worker")
     }
 }
 
