@@ -290,7 +290,7 @@ async fn publish_batch<B: Bus>(
         }
     };
     let results = state.hub.publish_many(&requests).await;
-    if let Some(Err(err @ PublishError::Bus(_))) = results.iter().find(|r| r.is_err()) {
+    if let Some(err) = bus_failure(&results) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string());
     }
     let results: Vec<Value> = results
@@ -303,6 +303,15 @@ async fn publish_batch<B: Bus>(
         })
         .collect();
     (StatusCode::OK, Json(json!({ "results": results }))).into_response()
+}
+
+/// The bus failure among a batch's outcomes, if any: the batch is then answered 503, whatever
+/// other messages were refused before the append.
+fn bus_failure<T>(results: &[Result<T, PublishError>]) -> Option<&PublishError> {
+    results.iter().find_map(|result| match result {
+        Err(err @ PublishError::Bus(_)) => Some(err),
+        _ => None,
+    })
 }
 
 async fn healthz() -> Response {
@@ -392,6 +401,20 @@ mod tests {
         assert_eq!(r.db, 2);
         assert_eq!(r.commands[0][2].as_ref(), &[0, 1, 2]);
         assert_eq!(r.commands[1][2].as_ref(), b"5");
+    }
+
+    #[test]
+    fn a_batch_is_unavailable_when_any_message_met_a_bus_failure() {
+        use crate::bus::{BusError, BusErrorKind};
+        let bus = || PublishError::Bus(BusError::new(BusErrorKind::Storage, "disk full"));
+        // The bus failure is found wherever it is, after a refusal too.
+        let results: Vec<Result<(), PublishError>> = vec![Err(PublishError::Empty), Err(bus())];
+        assert!(matches!(bus_failure(&results), Some(PublishError::Bus(_))));
+        let results: Vec<Result<(), PublishError>> = vec![Ok(()), Err(bus()), Err(bus())];
+        assert!(matches!(bus_failure(&results), Some(PublishError::Bus(_))));
+        // Refusals alone are per-message outcomes of a 200.
+        let results: Vec<Result<(), PublishError>> = vec![Ok(()), Err(PublishError::Empty)];
+        assert!(bus_failure(&results).is_none());
     }
 
     #[test]
