@@ -43,11 +43,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{ApiState, error_response};
+use super::http::{ApiState, body_refusal, bus_error_response, error_response};
 use crate::bus::remote::wire::{
     self, LeaseRequest, LeaseResponse, RegionSettings, ReleaseRequest, SettleRequest, WireDelivery,
 };
-use crate::bus::{Bus, BusError, BusErrorKind, Delivery};
+use crate::bus::{Bus, BusError, Delivery};
 use crate::config::{Config, WorkerPlacement};
 
 /// What the lease routes know of every region.
@@ -207,16 +207,12 @@ async fn settings<B: Bus>(
 
 fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, Box<Response>> {
     let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Box::new(body_refusal(rejection, || {
             format!(
-                "request body too large: lease and settle requests may be at most {} bytes; settle fewer deliveries per request",
+                "lease and settle requests may be at most {} bytes; settle fewer deliveries per request",
                 wire::MAX_REQUEST_BYTES
             )
-        } else {
-            rejection.body_text()
-        };
-        Box::new(error_response(status, "bad_body", message))
+        }))
     })?;
     postcard::from_bytes(&body).map_err(|err| {
         Box::new(error_response(
@@ -228,17 +224,6 @@ fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, 
             ),
         ))
     })
-}
-
-fn bus_error(err: BusError) -> Response {
-    let (status, code) = match err.kind() {
-        BusErrorKind::UnknownRegion => (StatusCode::NOT_FOUND, "unknown_region"),
-        BusErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-        BusErrorKind::Storage | BusErrorKind::Closed | BusErrorKind::Unavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
-    };
-    error_response(status, code, err.to_string())
 }
 
 async fn apply_settlements<B: Bus>(
@@ -262,7 +247,9 @@ async fn apply_settlements<B: Bus>(
     }
     let count = settle.len() as u64;
     let settlements = settle.into_iter().map(wire::Settlement::into_bus).collect();
-    bus.settle(region, settlements).await.map_err(bus_error)?;
+    bus.settle(region, settlements)
+        .await
+        .map_err(bus_error_response)?;
     crate::metrics::RemoteSettled { region, count }.emit();
     Ok(())
 }
@@ -318,7 +305,7 @@ async fn lease<B: Bus>(
         drop(session);
         match received {
             Ok(deliveries) => deliveries,
-            Err(err) => return bus_error(err),
+            Err(err) => return bus_error_response(err),
         }
     };
     crate::metrics::RemoteLeased {
