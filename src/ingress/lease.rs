@@ -53,7 +53,6 @@ use crate::config::{Config, WorkerPlacement};
 /// What the lease routes know of every region.
 pub struct LeaseState {
     regions: HashMap<String, LeaseRegion>,
-    visibility_timeout: Duration,
     /// Cancelled when the hub stops: waiting leases answer at once (empty) instead of
     /// holding the graceful shutdown for a whole poll.
     stopping: CancellationToken,
@@ -162,7 +161,6 @@ impl LeaseState {
             .collect();
         LeaseState {
             regions,
-            visibility_timeout: config.delivery.visibility_timeout,
             stopping,
             sessions: std::sync::Mutex::new(HashMap::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
@@ -259,8 +257,8 @@ async fn lease<B: Bus>(
     Path(region): Path<String>,
     body: Result<Body, BytesRejection>,
 ) -> Response {
-    let turn = match state.lease.region(&region) {
-        Ok(r) => r.turn.clone(),
+    let (turn, visibility_timeout_ms) = match state.lease.region(&region) {
+        Ok(r) => (r.turn.clone(), r.settings.visibility_timeout_ms),
         Err(response) => return *response,
     };
     let request: LeaseRequest = match decode(body) {
@@ -314,7 +312,7 @@ async fn lease<B: Bus>(
     }
     .emit();
     let response = LeaseResponse {
-        visibility_timeout_ms: state.lease.visibility_timeout.as_millis() as u64,
+        visibility_timeout_ms,
         deliveries: deliveries.into_iter().map(WireDelivery::from).collect(),
     };
     match postcard::to_stdvec(&response) {
