@@ -20,7 +20,9 @@
 //!
 //! A message of several commands is sent as `MULTI ... EXEC`: one message, applied
 //! atomically in every region. A message for database `n` is preceded by `SELECT n` when the
-//! connection is elsewhere.
+//! connection is elsewhere: what is queued for the previous database is sent first, then
+//! `SELECT n` alone, awaited, so a refused `SELECT` (a database the hub does not have) fails
+//! only the messages for `n`. While the database stays the same there is no extra round trip.
 //!
 //! When the call returns `Ok`, the hub has the message on stable storage (the contract's
 //! "acknowledged"). An [`Error`] says whether the message was refused (fix it), not stored
