@@ -20,7 +20,9 @@
 //!
 //! A message of several commands is sent as `MULTI ... EXEC`: one message, applied
 //! atomically in every region. A message for database `n` is preceded by `SELECT n` when the
-//! connection is elsewhere.
+//! connection is elsewhere: what is queued for the previous database is sent first, then
+//! `SELECT n` alone, awaited, so a refused `SELECT` (a database the hub does not have) fails
+//! only the messages for `n`. While the database stays the same there is no extra round trip.
 //!
 //! When the call returns `Ok`, the hub has the message on stable storage (the contract's
 //! "acknowledged"). An [`Error`] says whether the message was refused (fix it), not stored
@@ -277,85 +279,56 @@ async fn run(
 
 /// Where a message's outcome is in the pipeline's replies.
 enum Slot {
-    /// Refused before sending.
-    Refused(Error),
     /// A single command: its reply.
     Single(usize),
     /// `MULTI`, the commands, `EXEC`: every reply from `first` to `exec`.
     Multi { first: usize, exec: usize },
 }
 
-async fn send(connection: &mut ConnectionManager, db: &mut Option<u32>, jobs: Vec<Job>) {
-    let mut pipe = Pipeline::new();
-    let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(jobs.len());
-    let mut selects = Vec::new();
-    let mut replies = 0usize;
-    let mut push = |pipe: &mut Pipeline, cmd: Cmd| {
-        pipe.add_command(cmd);
-        replies += 1;
-        replies - 1
-    };
-    for job in &jobs {
-        let mut job_slots = Vec::with_capacity(job.messages.len());
-        for message in &job.messages {
-            if message.commands.is_empty() || message.commands.iter().any(Vec::is_empty) {
-                job_slots.push(Slot::Refused(Error::new(
-                    ErrorKind::Refused,
-                    "a message needs at least one command, and a command a name",
-                )));
-                continue;
-            }
-            if *db != Some(message.db) {
-                let mut select = redis::cmd("SELECT");
-                select.arg(message.db);
-                selects.push(push(&mut pipe, select));
-                *db = Some(message.db);
-            }
-            if let [command] = message.commands.as_slice() {
-                job_slots.push(Slot::Single(push(&mut pipe, to_cmd(command))));
-            } else {
-                let first = push(&mut pipe, redis::cmd("MULTI"));
-                for command in &message.commands {
-                    push(&mut pipe, to_cmd(command));
-                }
-                let exec = push(&mut pipe, redis::cmd("EXEC"));
-                job_slots.push(Slot::Multi { first, exec });
-            }
+/// Commands pipelined for one database, not sent yet, and whose outcomes they decide.
+#[derive(Default)]
+struct Round {
+    pipe: Pipeline,
+    replies: usize,
+    /// Index of the message in the batch, and where its outcome is.
+    slots: Vec<(usize, Slot)>,
+}
+
+impl Round {
+    fn push(&mut self, cmd: Cmd) -> usize {
+        self.pipe.add_command(cmd);
+        self.replies += 1;
+        self.replies - 1
+    }
+
+    /// Sends what is queued and records each message's outcome; a connection failure is
+    /// returned as well, since the connection's database is then unknown.
+    async fn flush(
+        &mut self,
+        connection: &mut ConnectionManager,
+        outcomes: &mut [Option<Result<(), Error>>],
+    ) -> Result<(), Error> {
+        let round = std::mem::take(self);
+        if round.replies == 0 {
+            return Ok(());
         }
-        slots.push(job_slots);
-    }
-    let values: Result<Vec<Value>, Error> = if replies == 0 {
-        Ok(Vec::new())
-    } else {
-        connection
-            .req_packed_commands(&pipe, 0, replies)
+        let values = match connection
+            .req_packed_commands(&round.pipe, 0, round.replies)
             .await
-            .map_err(|err| Error::from_redis(&err))
-    };
-    if values.is_err() {
-        *db = None;
-    }
-    // A failed SELECT would send the following writes to the wrong database: fail them.
-    let select_failed = values.as_ref().ok().and_then(|values| {
-        selects.iter().find_map(|&i| match values.get(i) {
-            Some(Value::ServerError(err)) => Some(Error::from_reply(err)),
-            _ => None,
-        })
-    });
-    if select_failed.is_some() {
-        *db = None;
-    }
-    for (job, job_slots) in jobs.into_iter().zip(slots) {
-        let outcomes = job_slots
-            .into_iter()
-            .map(|slot| match (&values, slot) {
-                (_, Slot::Refused(err)) => Err(err),
-                (Err(err), _) => Err(err.clone()),
-                (Ok(_), _) if select_failed.is_some() => {
-                    Err(select_failed.clone().unwrap_or_else(closed))
+        {
+            Ok(values) => values,
+            Err(err) => {
+                let err = Error::from_redis(&err);
+                for (i, _) in round.slots {
+                    outcomes[i] = Some(Err(err.clone()));
                 }
-                (Ok(values), Slot::Single(i)) => outcome(values.get(i)),
-                (Ok(values), Slot::Multi { first, exec }) => {
+                return Err(err);
+            }
+        };
+        for (i, slot) in round.slots {
+            outcomes[i] = Some(match slot {
+                Slot::Single(reply) => outcome(values.get(reply)),
+                Slot::Multi { first, exec } => {
                     // A command refused while queued explains an EXECABORT best.
                     let queued_error =
                         values
@@ -372,9 +345,103 @@ async fn send(connection: &mut ConnectionManager, db: &mut Option<u32>, jobs: Ve
                         (Err(err), None) => Err(err),
                     }
                 }
-            })
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Sends `SELECT db` alone and awaits its answer. `Err(Ok(refusal))`: the hub refused it
+/// and the connection stays in its database; `Err(Err(failure))`: the connection failed.
+async fn select(connection: &mut ConnectionManager, db: u32) -> Result<(), Result<Error, Error>> {
+    let mut pipe = Pipeline::new();
+    pipe.cmd("SELECT").arg(db);
+    match connection.req_packed_commands(&pipe, 0, 1).await {
+        Err(err) => Err(Err(Error::from_redis(&err))),
+        Ok(values) => match outcome(values.first()) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind == ErrorKind::Connection => Err(Err(err)),
+            Err(refusal) => Err(Ok(refusal)),
+        },
+    }
+}
+
+/// Publishes a batch in as few round trips as possible: the messages of one database go in
+/// one pipeline. At a change of database, what is queued is sent first, then `SELECT` alone;
+/// a refused `SELECT` fails only the messages for that database, since none of them is sent.
+async fn send(connection: &mut ConnectionManager, db: &mut Option<u32>, jobs: Vec<Job>) {
+    let total = jobs.iter().map(|job| job.messages.len()).sum();
+    let mut outcomes: Vec<Option<Result<(), Error>>> = vec![None; total];
+    let mut round = Round::default();
+    // The connection failed: the messages after it are not sent.
+    let mut failed: Option<Error> = None;
+    // The database whose `SELECT` the hub refused in this batch, and why.
+    let mut refused: Option<(u32, Error)> = None;
+    let messages = jobs.iter().flat_map(|job| &job.messages);
+    for (i, message) in messages.enumerate() {
+        if let Some(err) = &failed {
+            outcomes[i] = Some(Err(err.clone()));
+            continue;
+        }
+        if message.commands.is_empty() || message.commands.iter().any(Vec::is_empty) {
+            outcomes[i] = Some(Err(Error::new(
+                ErrorKind::Refused,
+                "a message needs at least one command, and a command a name",
+            )));
+            continue;
+        }
+        if *db != Some(message.db) {
+            if let Some((refused_db, err)) = &refused
+                && *refused_db == message.db
+            {
+                outcomes[i] = Some(Err(err.clone()));
+                continue;
+            }
+            let selected = match round.flush(connection, &mut outcomes).await {
+                Ok(()) => select(connection, message.db).await,
+                Err(err) => Err(Err(err)),
+            };
+            match selected {
+                Ok(()) => *db = Some(message.db),
+                Err(Ok(refusal)) => {
+                    outcomes[i] = Some(Err(refusal.clone()));
+                    refused = Some((message.db, refusal));
+                    continue;
+                }
+                Err(Err(err)) => {
+                    // A reconnect returns the connection to the URL's database.
+                    *db = None;
+                    outcomes[i] = Some(Err(err.clone()));
+                    failed = Some(err);
+                    continue;
+                }
+            }
+        }
+        let slot = if let [command] = message.commands.as_slice() {
+            Slot::Single(round.push(to_cmd(command)))
+        } else {
+            let first = round.push(redis::cmd("MULTI"));
+            for command in &message.commands {
+                round.push(to_cmd(command));
+            }
+            Slot::Multi {
+                first,
+                exec: round.push(redis::cmd("EXEC")),
+            }
+        };
+        round.slots.push((i, slot));
+    }
+    if round.flush(connection, &mut outcomes).await.is_err() {
+        *db = None;
+    }
+    let mut outcomes = outcomes.into_iter();
+    for job in jobs {
+        let job_outcomes = outcomes
+            .by_ref()
+            .take(job.messages.len())
+            .map(|outcome| outcome.unwrap_or_else(|| Err(closed())))
             .collect();
-        let _ = job.reply.send(outcomes);
+        let _ = job.reply.send(job_outcomes);
     }
 }
 

@@ -54,13 +54,8 @@ pub enum TlsError {
 }
 
 /// The rustls server configuration from PEM files; `section` names the config section in
-/// errors. `alpn` lists the application protocols offered (empty: none).
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    section: &'static str,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, TlsError> {
+/// errors.
+fn server_config(cert: &Path, key: &Path, section: &'static str) -> Result<ServerConfig, TlsError> {
     let cert_error = |reason: String| TlsError::Certificate {
         section,
         path: cert.display().to_string(),
@@ -79,21 +74,16 @@ pub fn server_config(
         reason: err.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    Ok(ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+        .with_single_cert(certs, key)?)
 }
 
 /// An acceptor from PEM files.
 pub fn acceptor(cert: &Path, key: &Path, section: &'static str) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(server_config(
-        cert,
-        key,
-        section,
-        &[],
+        cert, key, section,
     )?)))
 }
 

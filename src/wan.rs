@@ -155,9 +155,8 @@ async fn connection(client: TcpStream, shared: &Arc<Shared>, reset: Cancellation
     let _ = server.set_zero_linger();
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let done = CancellationToken::new();
-    let up = pump(client_read, server_write, shared.clone(), done.clone());
-    let down = pump(server_read, client_write, shared.clone(), done.clone());
+    let up = pump(client_read, server_write, shared.clone());
+    let down = pump(server_read, client_write, shared.clone());
     tokio::select! {
         _ = reset.cancelled() => {}
         _ = async { tokio::join!(up, down) } => {}
@@ -167,12 +166,7 @@ async fn connection(client: TcpStream, shared: &Arc<Shared>, reset: Cancellation
 }
 
 /// One direction: a reader stamps each chunk with its due time, a writer delivers it then.
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    shared: Arc<Shared>,
-    done: CancellationToken,
-) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: Arc<Shared>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Bytes>)>();
     let delay_of = |shared: &Shared| Duration::from_micros(shared.delay_us.load(Ordering::Relaxed));
     let reader_shared = shared.clone();
@@ -213,7 +207,6 @@ async fn pump(
                 }
             }
         }
-        done.cancel();
     };
     tokio::join!(reader, writer);
 }

@@ -1093,7 +1093,10 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
 async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one(backend: Backend) {
     let regions = regions(1);
     let env = Env::new(backend);
-    let hub = env.start_hub(&env.config(&regions)).await;
+    let mut config = env.config(&regions);
+    // A batch body may then be at most 16 MiB (the floor of the batch limit).
+    config.max_message_bytes = 4096;
+    let hub = env.start_hub(&config).await;
     let addr = hub.http_addr();
     let post = |body: String| async move {
         let response = reqwest::Client::new()
@@ -1148,6 +1151,15 @@ async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one(backend: B
             "{answer}"
         );
     }
+    // Above the body limit: 413, saying the limit and what to do, as for one message.
+    let (status, answer) = post("[".repeat(16 * 1024 * 1024 + 1)).await;
+    assert_eq!(status, 413, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("request body too large: a batch may be at most 16777216 bytes")
+            && message.contains("send fewer messages"),
+        "{message}"
+    );
 
     assert!(drained(hub.bus(), Duration::from_secs(10)).await);
     let snap = snapshot(&regions[0]).await;

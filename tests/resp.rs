@@ -1212,6 +1212,79 @@ async fn publisher_batches_many_tasks_and_awaits_durability() {
     hub.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_refuses_a_message_for_an_unknown_db_alone() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let (hub, addr) = resp_hub(&regions, data.path(), |config| {
+        config.resp.as_mut().unwrap().databases = 4;
+    })
+    .await;
+    let publisher = Publisher::connect(&format!("redis://{addr}"))
+        .await
+        .unwrap();
+    let set = |key: &str, db: u32| MessageRequest {
+        commands: vec![regis::publisher::to_args(["SET", key, "1"])],
+        db,
+    };
+
+    // db 9 is out of range: its SELECT is refused, and the connection stays on db 1. The
+    // messages for db 9 must fail alone, and must not land in db 1; the others are published
+    // where they belong. Twice, so a refusal does not spoil the next batch either.
+    for round in 0..2 {
+        let outcomes = publisher
+            .publish_batch(vec![
+                set(&format!("sel:{round}:a"), 1),
+                set(&format!("sel:{round}:wrong1"), 9),
+                set(&format!("sel:{round}:wrong2"), 9),
+                set(&format!("sel:{round}:b"), 1),
+                set(&format!("sel:{round}:c"), 3),
+                set(&format!("sel:{round}:wrong3"), 9),
+                set(&format!("sel:{round}:d"), 3),
+            ])
+            .await;
+        for i in [0, 3, 4, 6] {
+            assert!(
+                outcomes[i].is_ok(),
+                "round {round} message {i}: {outcomes:?}"
+            );
+        }
+        for i in [1, 2, 5] {
+            let err = outcomes[i].as_ref().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Refused, "round {round} message {i}");
+            assert!(err.to_string().contains("DB index"), "{err}");
+        }
+        converges(
+            &regions,
+            1,
+            &[
+                (&["GET", &format!("sel:{round}:a")], "1"),
+                (&["GET", &format!("sel:{round}:b")], "1"),
+            ],
+        )
+        .await;
+        converges(
+            &regions,
+            3,
+            &[
+                (&["GET", &format!("sel:{round}:c")], "1"),
+                (&["GET", &format!("sel:{round}:d")], "1"),
+            ],
+        )
+        .await;
+    }
+    // Everything published has been applied (converged above, in publish order): nothing of
+    // the refused messages reached any database.
+    for db in 0..4 {
+        assert_eq!(
+            region_query(&regions[0], db, &["KEYS", "sel:*:wrong*"]).await,
+            "",
+            "db {db}"
+        );
+    }
+    hub.shutdown().await;
+}
+
 // --- drain --------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

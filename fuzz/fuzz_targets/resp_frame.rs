@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod frame;
 
-use frame::{Limits, ProtocolError, parse};
+use frame::{Limits, Parser, ProtocolError};
 
 const LIMITS: Limits = Limits {
     max_bulk_bytes: 512,
@@ -25,13 +25,15 @@ const LIMITS: Limits = Limits {
 
 type Outcome = (Vec<Vec<Vec<u8>>>, Option<ProtocolError>);
 
+/// Parses the pieces in turn with one [`Parser`], as a connection does.
 fn parse_pieces(pieces: &[&[u8]]) -> Outcome {
     let mut buf = BytesMut::new();
+    let mut parser = Parser::default();
     let mut commands = Vec::new();
     for piece in pieces {
         buf.extend_from_slice(piece);
         loop {
-            match parse(&mut buf, &LIMITS) {
+            match parser.parse(&mut buf, &LIMITS) {
                 Ok(Some(args)) => {
                     assert!(!args.is_empty());
                     assert!(args.len() <= LIMITS.max_array_len.max(LIMITS.max_inline_bytes));

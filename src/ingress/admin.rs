@@ -23,8 +23,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::http::{ApiState, error_response};
-use crate::bus::{Bus, BusError, BusErrorKind, DeadLetter, Selection};
+use super::http::{ApiState, bus_error_response, error_response};
+use crate::bus::{Bus, BusError, DeadLetter, Selection};
 use crate::envelope::{Envelope, MessageId};
 
 /// Dead letters listed when the request names no limit.
@@ -112,22 +112,6 @@ fn decode(letter: &DeadLetter) -> Result<Envelope, String> {
     Envelope::decode(&letter.body).map_err(|err| err.to_string())
 }
 
-fn bus_error(err: BusError) -> Response {
-    let status = match err.kind() {
-        BusErrorKind::UnknownRegion => StatusCode::NOT_FOUND,
-        BusErrorKind::Invalid => StatusCode::BAD_REQUEST,
-        BusErrorKind::Storage | BusErrorKind::Closed | BusErrorKind::Unavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    };
-    let code = match err.kind() {
-        BusErrorKind::UnknownRegion => "unknown_region",
-        BusErrorKind::Invalid => "invalid",
-        _ => "unavailable",
-    };
-    error_response(status, code, err.to_string())
-}
-
 /// A refused admin request: status, code and what to do.
 #[derive(Debug)]
 pub struct AdminError {
@@ -200,7 +184,7 @@ async fn list<B: Bus>(
     // One more than asked says whether there are more.
     let mut letters = match state.bus.list(&region, limit + 1).await {
         Ok(letters) => letters,
-        Err(err) => return bus_error(err),
+        Err(err) => return bus_error_response(err),
     };
     let truncated = letters.len() > limit;
     letters.truncate(limit);
@@ -246,7 +230,7 @@ async fn show<B: Bus>(
                 ),
             );
         }
-        Err(err) => return bus_error(err),
+        Err(err) => return bus_error_response(err),
     };
     let envelope = decode(&letter);
     let mut body = serde_json::to_value(summary(&letter, &envelope)).unwrap_or(Value::Null);
@@ -337,7 +321,7 @@ async fn act<B: Bus>(
         Selection::All => (Selection::All, Vec::new()),
         Selection::Ids(ids) => match existing(&state.bus, &region, ids).await {
             Ok((found, missing)) => (Selection::Ids(found), missing),
-            Err(err) => return bus_error(err),
+            Err(err) => return bus_error_response(err),
         },
     };
     let result = match action {
@@ -346,7 +330,7 @@ async fn act<B: Bus>(
     };
     let count = match result {
         Ok(count) => count,
-        Err(err) => return bus_error(err),
+        Err(err) => return bus_error_response(err),
     };
     let verb = match action {
         Action::Redrive => {

@@ -172,15 +172,18 @@ impl HttpAuth {
         let Access::Role(role) = self.access(method, path) else {
             return Ok(());
         };
-        let needs = format!(
-            "{method} {path} needs the {} token{}",
-            role.name(),
-            if role == Role::Admin {
-                ""
-            } else {
-                " (or the admin token)"
-            }
-        );
+        // Built only when refusing: a granted request does not pay for it.
+        let needs = || {
+            format!(
+                "{method} {path} needs the {} token{}",
+                role.name(),
+                if role == Role::Admin {
+                    ""
+                } else {
+                    " (or the admin token)"
+                }
+            )
+        };
         let how =
             "send `Authorization: Bearer <token>`; the regis CLI takes --token or REGIS_TOKEN";
         let token = authorization
@@ -195,7 +198,7 @@ impl HttpAuth {
             return Err(Box::new(refusal(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                format!("no bearer token: {needs}; {how}"),
+                format!("no bearer token: {}; {how}", needs()),
                 role,
             )));
         };
@@ -208,7 +211,10 @@ impl HttpAuth {
             return Err(Box::new(refusal(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                format!("the bearer token is not one of this hub's tokens: {needs}"),
+                format!(
+                    "the bearer token is not one of this hub's tokens: {}",
+                    needs()
+                ),
                 role,
             )));
         }
@@ -219,7 +225,7 @@ impl HttpAuth {
         Err(Box::new(refusal(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("this is the {} token: {needs}", grants.names()),
+            format!("this is the {} token: {}", grants.names(), needs()),
             role,
         )))
     }

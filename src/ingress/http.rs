@@ -25,7 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError, BusErrorKind};
 use crate::health::{Reachability, RedisHealth};
 use crate::hub::{Hub, MessageRequest, PublishError};
 use crate::latency::{LatencySummary, LatencyWindow};
@@ -71,15 +71,8 @@ impl<B: Clone> Clone for ApiState<B> {
 
 /// The router for a hub.
 pub fn router<B: Bus>(state: ApiState<B>) -> Router {
-    // JSON escapes and base64 make a body larger than the message it carries; the message
-    // itself is checked against max_message_bytes after parsing.
-    let body_limit = state
-        .hub
-        .max_message_bytes()
-        .saturating_mul(6)
-        .saturating_add(64 * 1024);
-    // A batch carries many messages, each still limited to max_message_bytes.
-    let batch_limit = body_limit.saturating_mul(8).max(16 * 1024 * 1024);
+    let body_limit = body_limit(state.hub.max_message_bytes());
+    let batch_limit = batch_limit(state.hub.max_message_bytes());
     Router::new()
         .route("/v1/publish", post(publish::<B>))
         .route(
@@ -97,6 +90,47 @@ pub fn router<B: Bus>(state: ApiState<B>) -> Router {
             super::auth::require::<B>,
         ))
         .with_state(state)
+}
+
+/// The largest body of `POST /v1/publish` and the admin routes. JSON escapes and base64 make
+/// a body larger than the message it carries; the message itself is checked against
+/// `max_message_bytes` after parsing.
+fn body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(6)
+        .saturating_add(64 * 1024)
+}
+
+/// The largest body of `POST /v1/publish/batch`: many messages, each still limited to
+/// `max_message_bytes`.
+fn batch_limit(max_message_bytes: usize) -> usize {
+    body_limit(max_message_bytes)
+        .saturating_mul(8)
+        .max(16 * 1024 * 1024)
+}
+
+/// The answer to a body that could not be read: above the route's limit, "request body too
+/// large: " and `limit`, which says what the limit is and what to do.
+pub fn body_refusal(rejection: BytesRejection, limit: impl FnOnce() -> String) -> Response {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("request body too large: {}", limit())
+    } else {
+        rejection.body_text()
+    };
+    error_response(status, "bad_body", message)
+}
+
+/// The answer to a bus failure: its kind decides the status and the code.
+pub fn bus_error_response(err: BusError) -> Response {
+    let (status, code) = match err.kind() {
+        BusErrorKind::UnknownRegion => (StatusCode::NOT_FOUND, "unknown_region"),
+        BusErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        BusErrorKind::Storage | BusErrorKind::Closed | BusErrorKind::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+    };
+    error_response(status, code, err.to_string())
 }
 
 /// An API error body.
@@ -239,17 +273,13 @@ async fn publish<B: Bus>(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            crate::metrics::Refused { code: "too_large" }.emit();
+            return body_refusal(rejection, || {
                 format!(
-                    "request body too large: a message may be at most {} bytes (max_message_bytes)",
+                    "a message may be at most {} bytes (max_message_bytes)",
                     state.hub.max_message_bytes()
                 )
-            } else {
-                rejection.body_text()
-            };
-            crate::metrics::Refused { code: "too_large" }.emit();
-            return error_response(status, "bad_body", message);
+            });
         }
     };
     let request = match parse_publish(&body) {
@@ -279,7 +309,13 @@ async fn publish_batch<B: Bus>(
         Ok(body) => body,
         Err(rejection) => {
             crate::metrics::Refused { code: "too_large" }.emit();
-            return error_response(rejection.status(), "bad_body", rejection.body_text());
+            return body_refusal(rejection, || {
+                format!(
+                    "a batch may be at most {} bytes, each message at most {} (max_message_bytes); send fewer messages per request",
+                    batch_limit(state.hub.max_message_bytes()),
+                    state.hub.max_message_bytes()
+                )
+            });
         }
     };
     let requests = match parse_batch(&body) {
@@ -290,7 +326,7 @@ async fn publish_batch<B: Bus>(
         }
     };
     let results = state.hub.publish_many(&requests).await;
-    if let Some(Err(err @ PublishError::Bus(_))) = results.iter().find(|r| r.is_err()) {
+    if let Some(err) = bus_failure(&results) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string());
     }
     let results: Vec<Value> = results
@@ -303,6 +339,15 @@ async fn publish_batch<B: Bus>(
         })
         .collect();
     (StatusCode::OK, Json(json!({ "results": results }))).into_response()
+}
+
+/// The bus failure among a batch's outcomes, if any: the batch is then answered 503, whatever
+/// other messages were refused before the append.
+fn bus_failure<T>(results: &[Result<T, PublishError>]) -> Option<&PublishError> {
+    results.iter().find_map(|result| match result {
+        Err(err @ PublishError::Bus(_)) => Some(err),
+        _ => None,
+    })
 }
 
 async fn healthz() -> Response {
@@ -392,6 +437,20 @@ mod tests {
         assert_eq!(r.db, 2);
         assert_eq!(r.commands[0][2].as_ref(), &[0, 1, 2]);
         assert_eq!(r.commands[1][2].as_ref(), b"5");
+    }
+
+    #[test]
+    fn a_batch_is_unavailable_when_any_message_met_a_bus_failure() {
+        use crate::bus::{BusError, BusErrorKind};
+        let bus = || PublishError::Bus(BusError::new(BusErrorKind::Storage, "disk full"));
+        // The bus failure is found wherever it is, after a refusal too.
+        let results: Vec<Result<(), PublishError>> = vec![Err(PublishError::Empty), Err(bus())];
+        assert!(matches!(bus_failure(&results), Some(PublishError::Bus(_))));
+        let results: Vec<Result<(), PublishError>> = vec![Ok(()), Err(bus()), Err(bus())];
+        assert!(matches!(bus_failure(&results), Some(PublishError::Bus(_))));
+        // Refusals alone are per-message outcomes of a 200.
+        let results: Vec<Result<(), PublishError>> = vec![Ok(()), Err(PublishError::Empty)];
+        assert!(bus_failure(&results).is_none());
     }
 
     #[test]

@@ -43,17 +43,16 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{ApiState, error_response};
+use super::http::{ApiState, body_refusal, bus_error_response, error_response};
 use crate::bus::remote::wire::{
     self, LeaseRequest, LeaseResponse, RegionSettings, ReleaseRequest, SettleRequest, WireDelivery,
 };
-use crate::bus::{Bus, BusError, BusErrorKind, Delivery};
+use crate::bus::{Bus, BusError, Delivery};
 use crate::config::{Config, WorkerPlacement};
 
 /// What the lease routes know of every region.
 pub struct LeaseState {
     regions: HashMap<String, LeaseRegion>,
-    visibility_timeout: Duration,
     /// Cancelled when the hub stops: waiting leases answer at once (empty) instead of
     /// holding the graceful shutdown for a whole poll.
     stopping: CancellationToken,
@@ -162,7 +161,6 @@ impl LeaseState {
             .collect();
         LeaseState {
             regions,
-            visibility_timeout: config.delivery.visibility_timeout,
             stopping,
             sessions: std::sync::Mutex::new(HashMap::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
@@ -207,16 +205,12 @@ async fn settings<B: Bus>(
 
 fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, Box<Response>> {
     let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Box::new(body_refusal(rejection, || {
             format!(
-                "request body too large: lease and settle requests may be at most {} bytes; settle fewer deliveries per request",
+                "lease and settle requests may be at most {} bytes; settle fewer deliveries per request",
                 wire::MAX_REQUEST_BYTES
             )
-        } else {
-            rejection.body_text()
-        };
-        Box::new(error_response(status, "bad_body", message))
+        }))
     })?;
     postcard::from_bytes(&body).map_err(|err| {
         Box::new(error_response(
@@ -228,17 +222,6 @@ fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, 
             ),
         ))
     })
-}
-
-fn bus_error(err: BusError) -> Response {
-    let (status, code) = match err.kind() {
-        BusErrorKind::UnknownRegion => (StatusCode::NOT_FOUND, "unknown_region"),
-        BusErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-        BusErrorKind::Storage | BusErrorKind::Closed | BusErrorKind::Unavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
-    };
-    error_response(status, code, err.to_string())
 }
 
 async fn apply_settlements<B: Bus>(
@@ -262,7 +245,9 @@ async fn apply_settlements<B: Bus>(
     }
     let count = settle.len() as u64;
     let settlements = settle.into_iter().map(wire::Settlement::into_bus).collect();
-    bus.settle(region, settlements).await.map_err(bus_error)?;
+    bus.settle(region, settlements)
+        .await
+        .map_err(bus_error_response)?;
     crate::metrics::RemoteSettled { region, count }.emit();
     Ok(())
 }
@@ -272,8 +257,8 @@ async fn lease<B: Bus>(
     Path(region): Path<String>,
     body: Result<Body, BytesRejection>,
 ) -> Response {
-    let turn = match state.lease.region(&region) {
-        Ok(r) => r.turn.clone(),
+    let (turn, visibility_timeout_ms) = match state.lease.region(&region) {
+        Ok(r) => (r.turn.clone(), r.settings.visibility_timeout_ms),
         Err(response) => return *response,
     };
     let request: LeaseRequest = match decode(body) {
@@ -318,7 +303,7 @@ async fn lease<B: Bus>(
         drop(session);
         match received {
             Ok(deliveries) => deliveries,
-            Err(err) => return bus_error(err),
+            Err(err) => return bus_error_response(err),
         }
     };
     crate::metrics::RemoteLeased {
@@ -327,7 +312,7 @@ async fn lease<B: Bus>(
     }
     .emit();
     let response = LeaseResponse {
-        visibility_timeout_ms: state.lease.visibility_timeout.as_millis() as u64,
+        visibility_timeout_ms,
         deliveries: deliveries.into_iter().map(WireDelivery::from).collect(),
     };
     match postcard::to_stdvec(&response) {

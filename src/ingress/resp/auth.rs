@@ -6,6 +6,8 @@
 //! without touching the protocol code. [`PasswordAuth`] is the `[resp] password` scheme:
 //! one shared password, user `default`, as a Redis with `requirepass` behaves.
 
+use subtle::ConstantTimeEq;
+
 /// The identity a connection publishes as once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -69,8 +71,8 @@ impl Authenticator for PasswordAuth {
             return Err(AuthError::NotConfigured);
         };
         let user_ok = user.is_none_or(|u| u == b"default");
-        // Compare every byte whatever the outcome so timing does not reveal a prefix.
-        if user_ok & constant_time_eq(expected, password) {
+        // Constant time ([`subtle`]), so timing does not reveal a prefix.
+        if user_ok & bool::from(expected.as_slice().ct_eq(password)) {
             Ok(Principal {
                 user: "default".into(),
             })
@@ -78,16 +80,6 @@ impl Authenticator for PasswordAuth {
             Err(AuthError::WrongPass)
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= u64::from(x ^ y);
-    }
-    diff == 0
 }
 
 #[cfg(test)]

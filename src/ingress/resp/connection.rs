@@ -97,13 +97,14 @@ pub async fn serve<S, P>(
 {
     let mut session = Session::new(&shared, peer);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut parser = frame::Parser::default();
     let mut out = BytesMut::with_capacity(4096);
     loop {
         let mut round = Round::default();
         let mut protocol_error = None;
         while !session.closing {
             let limits = session.limits(&shared);
-            match frame::parse(&mut buf, &limits) {
+            match parser.parse(&mut buf, &limits) {
                 Ok(Some(args)) => session.handle(args, &mut round, &shared),
                 Ok(None) => break,
                 Err(err) => {

@@ -112,33 +112,80 @@ pub enum Checked {
 /// `Ok(None)`: not all of it has arrived yet. Limits are enforced on the bytes already there,
 /// so a hostile length is refused before the bytes it announces are awaited.
 pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<Checked>, ProtocolError> {
+    check_from(buf, limits, &mut None)
+}
+
+/// [`check`], resuming a multibulk command from `resume` (taken) and leaving in it how far
+/// the command was checked when it is incomplete.
+fn check_from(
+    buf: &[u8],
+    limits: &Limits,
+    resume: &mut Option<Resume>,
+) -> Result<Option<Checked>, ProtocolError> {
     match buf.first() {
         None => Ok(None),
-        Some(b'*') => check_multibulk(buf, limits),
+        Some(b'*') => check_multibulk(buf, limits, resume),
         Some(_) => check_inline(buf, limits),
     }
 }
 
 /// Takes the next command out of `buf`, skipping empty ones; `Ok(None)` when no whole command
 /// is buffered (whatever is there stays for the next read).
+///
+/// It remembers nothing between calls, so a multibulk command received in many pieces is
+/// walked again from its start at every call: a connection uses a [`Parser`] instead.
 pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    loop {
-        match check(buf, limits)? {
-            None => return Ok(None),
-            Some(Checked::Skip { len }) => {
-                let _ = buf.split_to(len);
-            }
-            Some(Checked::Multibulk { len, count }) => {
-                let frame = buf.split_to(len).freeze();
-                return Ok(Some(slice_multibulk(&frame, count)));
-            }
-            Some(Checked::Inline { len }) => {
-                let line = buf.split_to(len);
-                let args = split_inline(trim_line(&line))?;
-                if args.is_empty() {
-                    continue;
+    Parser::default().parse(buf, limits)
+}
+
+/// How far a partly received multibulk command was checked: the next argument starts at
+/// `pos`, after `args_done` arguments of `payload` bytes in all.
+#[derive(Clone, Copy, Debug)]
+struct Resume {
+    limits: Limits,
+    count: usize,
+    pos: usize,
+    args_done: usize,
+    payload: usize,
+}
+
+/// Takes commands out of one connection's buffer, as [`parse`] does, but remembers how far a
+/// partly received multibulk command has been checked: each read then costs only its new
+/// bytes, however many pieces the command arrives in.
+///
+/// Use one `Parser` per buffer, and only take bytes out of the buffer through it (appending
+/// is fine): the position it remembers is an offset into that buffer.
+#[derive(Debug, Default)]
+pub struct Parser {
+    resume: Option<Resume>,
+}
+
+impl Parser {
+    /// Takes the next command out of `buf`, skipping empty ones; `Ok(None)` when no whole
+    /// command is buffered (whatever is there stays for the next read).
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        loop {
+            match check_from(buf, limits, &mut self.resume)? {
+                None => return Ok(None),
+                Some(Checked::Skip { len }) => {
+                    let _ = buf.split_to(len);
                 }
-                return Ok(Some(args.into_iter().map(Bytes::from).collect()));
+                Some(Checked::Multibulk { len, count }) => {
+                    let frame = buf.split_to(len).freeze();
+                    return Ok(Some(slice_multibulk(&frame, count)));
+                }
+                Some(Checked::Inline { len }) => {
+                    let line = buf.split_to(len);
+                    let args = split_inline(trim_line(&line))?;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    return Ok(Some(args.into_iter().map(Bytes::from).collect()));
+                }
             }
         }
     }
@@ -200,62 +247,104 @@ fn count_line(buf: &[u8], start: usize, max_line: usize) -> Result<Line, ()> {
     }
 }
 
-fn check_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Checked>, ProtocolError> {
-    let (count, mut pos) = match count_line(buf, 1, limits.max_inline_bytes) {
-        Err(()) => return Err(ProtocolError::MultibulkCountTooBig),
-        Ok(Line::Incomplete) => return Ok(None),
-        Ok(Line::Complete { value: None, .. }) => {
-            return Err(ProtocolError::InvalidMultibulkLength);
+/// Checks a multibulk command from its start, or from `resume` when it belongs to this
+/// buffer and these limits. Whatever the outcome, `resume` is taken; it is set again, to
+/// where the next argument starts, only when the command is incomplete.
+fn check_multibulk(
+    buf: &[u8],
+    limits: &Limits,
+    resume: &mut Option<Resume>,
+) -> Result<Option<Checked>, ProtocolError> {
+    let mut at = match resume.take() {
+        Some(at) if at.limits == *limits && at.pos <= buf.len() => at,
+        _ => {
+            let (count, pos) = match count_line(buf, 1, limits.max_inline_bytes) {
+                Err(()) => return Err(ProtocolError::MultibulkCountTooBig),
+                Ok(Line::Incomplete) => return Ok(None),
+                Ok(Line::Complete { value: None, .. }) => {
+                    return Err(ProtocolError::InvalidMultibulkLength);
+                }
+                Ok(Line::Complete {
+                    value: Some(count),
+                    next,
+                }) => (count, next),
+            };
+            if count <= 0 {
+                return Ok(Some(Checked::Skip { len: pos }));
+            }
+            if count as u64 > limits.max_array_len as u64 {
+                return Err(ProtocolError::InvalidMultibulkLength);
+            }
+            Resume {
+                limits: *limits,
+                count: count as usize,
+                pos,
+                args_done: 0,
+                payload: 0,
+            }
         }
-        Ok(Line::Complete {
-            value: Some(count),
-            next,
-        }) => (count, next),
     };
-    if count <= 0 {
-        return Ok(Some(Checked::Skip { len: pos }));
-    }
-    if count as u64 > limits.max_array_len as u64 {
-        return Err(ProtocolError::InvalidMultibulkLength);
-    }
-    let count = count as usize;
-    let mut payload: usize = 0;
-    for _ in 0..count {
-        match buf.get(pos) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&other) => return Err(ProtocolError::ExpectedBulk(printable(other))),
-        }
-        let (len, data) = match count_line(buf, pos + 1, limits.max_inline_bytes) {
-            Err(()) => return Err(ProtocolError::BulkCountTooBig),
-            Ok(Line::Incomplete) => return Ok(None),
-            Ok(Line::Complete { value, next }) => match value {
-                Some(len) if len >= 0 && len as u64 <= limits.max_bulk_bytes as u64 => {
-                    (len as usize, next)
-                }
-                _ => return Err(ProtocolError::InvalidBulkLength),
-            },
-        };
-        payload += len;
-        if payload > limits.max_payload_bytes {
-            return Err(ProtocolError::CommandTooLarge {
-                limit: limits.max_payload_bytes,
-            });
-        }
-        let end = data + len;
-        match buf.get(end..end + 2) {
+    while at.args_done < at.count {
+        match check_bulk(buf, at.pos, at.payload, limits)? {
             None => {
-                // Only a wrong byte already received is an error; missing ones may come.
-                if buf.len() > end && buf[end] != b'\r' {
-                    return Err(ProtocolError::UnterminatedBulk);
-                }
+                *resume = Some(at);
                 return Ok(None);
             }
-            Some(b"\r\n") => pos = end + 2,
-            Some(_) => return Err(ProtocolError::UnterminatedBulk),
+            Some((next, payload)) => {
+                at.pos = next;
+                at.payload = payload;
+                at.args_done += 1;
+            }
         }
     }
-    Ok(Some(Checked::Multibulk { len: pos, count }))
+    Ok(Some(Checked::Multibulk {
+        len: at.pos,
+        count: at.count,
+    }))
+}
+
+/// Checks the bulk string starting at `pos`, after arguments of `payload` bytes: where the
+/// next one starts and the payload with it, or `None` when it has not all arrived. The
+/// limits are enforced on what has arrived.
+fn check_bulk(
+    buf: &[u8],
+    pos: usize,
+    payload: usize,
+    limits: &Limits,
+) -> Result<Option<(usize, usize)>, ProtocolError> {
+    match buf.get(pos) {
+        None => return Ok(None),
+        Some(b'$') => {}
+        Some(&other) => return Err(ProtocolError::ExpectedBulk(printable(other))),
+    }
+    let (len, data) = match count_line(buf, pos + 1, limits.max_inline_bytes) {
+        Err(()) => return Err(ProtocolError::BulkCountTooBig),
+        Ok(Line::Incomplete) => return Ok(None),
+        Ok(Line::Complete { value, next }) => match value {
+            Some(len) if len >= 0 && len as u64 <= limits.max_bulk_bytes as u64 => {
+                (len as usize, next)
+            }
+            _ => return Err(ProtocolError::InvalidBulkLength),
+        },
+    };
+    let payload = payload + len;
+    if payload > limits.max_payload_bytes {
+        return Err(ProtocolError::CommandTooLarge {
+            limit: limits.max_payload_bytes,
+        });
+    }
+    let end = data + len;
+    match buf.get(end..end + 2) {
+        None => {
+            // Only a wrong byte already received is an error; missing ones may come.
+            if buf.len() > end && buf[end] != b'\r' {
+                return Err(ProtocolError::UnterminatedBulk);
+            }
+            Ok(None)
+        }
+        Some(b"\r\n") => Ok(Some((end + 2, payload))),
+        Some(_) => Err(ProtocolError::UnterminatedBulk),
+    }
 }
 
 /// Slices the arguments of a multibulk command that [`check`] accepted.
@@ -467,6 +556,36 @@ mod tests {
     }
 
     #[test]
+    fn a_parser_resumes_a_command_where_it_stopped() {
+        // Empty arguments a few bytes at a time: after each read, what is left unchecked is
+        // less than one argument, so no read walks the command from its start again.
+        let input = encode(&vec![Vec::new(); 64]);
+        let mut buf = BytesMut::new();
+        let mut parser = Parser::default();
+        let mut got = None;
+        for chunk in input.chunks(3) {
+            assert!(got.is_none(), "a command before its last byte");
+            buf.extend_from_slice(chunk);
+            got = parser.parse(&mut buf, &LIMITS).unwrap();
+            match parser.resume {
+                Some(at) => assert!(buf.len() - at.pos < b"$0\r\n\r\n".len(), "{at:?}"),
+                None => assert!(got.is_some() || buf.len() < b"*64\r\n".len()),
+            }
+        }
+        assert_eq!(got.unwrap(), vec![Bytes::new(); 64]);
+        assert!(buf.is_empty() && parser.resume.is_none());
+
+        // Other limits (after AUTH, say) check the command again from its start.
+        buf.extend_from_slice(&input[..input.len() / 2]);
+        assert_eq!(parser.parse(&mut buf, &LIMITS), Ok(None));
+        assert!(parser.resume.is_some());
+        assert_eq!(
+            parser.parse(&mut buf, &LIMITS.unauthenticated()),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+    }
+
+    #[test]
     fn every_prefix_of_a_command_is_incomplete() {
         let whole = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n";
         for cut in 0..whole.len() {
@@ -613,19 +732,20 @@ mod tests {
 
     type Outcome = (Vec<Vec<Vec<u8>>>, Option<ProtocolError>);
 
-    /// Parses `input` fed in pieces cut at `cuts`.
+    /// Parses `input` fed in pieces cut at `cuts`, with one [`Parser`] as a connection does.
     fn parse_in_pieces(input: &[u8], cuts: &[usize]) -> Outcome {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
         points.push(input.len());
         points.sort_unstable();
         let mut buf = BytesMut::new();
+        let mut parser = Parser::default();
         let mut out = Vec::new();
         let mut from = 0;
         for to in points {
             buf.extend_from_slice(&input[from..to]);
             from = to;
             loop {
-                match parse(&mut buf, &LIMITS) {
+                match parser.parse(&mut buf, &LIMITS) {
                     Ok(Some(args)) => {
                         assert!(!args.is_empty());
                         assert!(args.iter().map(Bytes::len).sum::<usize>() <= 4096);

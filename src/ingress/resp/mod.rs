@@ -12,7 +12,6 @@
 //! * [`connection`]: one client: connection commands, transactions, batching.
 //! * [`acks`]: the reply of each write once durable.
 //! * [`auth`]: who may publish.
-//! * [`tls`]: the optional TLS acceptor.
 //!
 //! The parser is written here rather than taken from a RESP crate: a server needs only
 //! multibulk and inline commands, but needs them with Redis's error texts and with limits
@@ -24,7 +23,6 @@ pub mod auth;
 pub mod connection;
 pub mod frame;
 pub mod reply;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +41,6 @@ use auth::{Authenticator, PasswordAuth};
 use connection::{Settings, Shared};
 use frame::Limits;
 
-/// How long a client has to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why the RESP listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RespStartError {
@@ -61,7 +56,7 @@ pub enum RespStartError {
     },
     /// The TLS files are unusable.
     #[error("{0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running RESP listener.
@@ -90,7 +85,7 @@ impl RespServer {
         auth: Arc<dyn Authenticator>,
     ) -> Result<RespServer, RespStartError> {
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, "resp")?),
             _ => None,
         };
         let listener =
@@ -193,7 +188,11 @@ async fn accept_loop<P: Publish>(
             match tls {
                 None => connection::serve(socket, peer, shared.clone(), stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await
+                    match tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(socket),
+                    )
+                    .await
                     {
                         Ok(Ok(stream)) => {
                             connection::serve(stream, peer, shared.clone(), stop).await
