@@ -10,7 +10,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::bus::{
-    BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueStats, Receipt, Selection, Settle,
+    BusError, BusErrorKind, DeadLetter, Delivery, LEASE_EXPIRED_ERROR, Outgoing, QueueStats,
+    Receipt, Selection, Settle, dead_lettered_event, lease_expired_event, message_id_or,
 };
 use crate::clock::{Version, now_ms};
 use crate::envelope::{Envelope, MessageId};
@@ -231,22 +232,6 @@ struct SizeCap {
     bytes: u64,
     publish_pages: u64,
     drain_pages: u64,
-}
-
-/// Logs (once per expiry) and counts a delivery whose lease expired unsettled: it is
-/// retried like any other failure, and operators want to know a worker stopped settling.
-fn lease_expired_event(region: &str, body: &[u8], seq: u64, attempt: u32) {
-    let id = Envelope::decode(body)
-        .map(|e| e.id.to_string())
-        .unwrap_or_else(|_| format!("seq {seq}"));
-    tracing::warn!(
-        message_id = %id,
-        region,
-        attempt,
-        error = "not settled within the visibility timeout (the worker may have stopped)",
-        "lease expired; message will be delivered again"
-    );
-    crate::metrics::LeaseExpired { region }.emit();
 }
 
 /// Work deferred until the transaction commits: answers that must not leave before then.
@@ -871,22 +856,32 @@ impl Store {
         let mut deliveries = Vec::new();
 
         // Retries that are due come first: they are the oldest work.
-        let due: Vec<(u64, Vec<u8>, u32, u32)> = {
+        // `swept`: a first delivery the lease sweep moved here and counted already, not
+        // handed out since (receive 1, never settled, the sweep's error).
+        let due: Vec<(u64, Vec<u8>, u32, u32, bool)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, body, receive_count, settled_count FROM retries
+                "SELECT seq, body, receive_count, settled_count,
+                        receive_count = 1 AND settled_count = 0 AND last_error IS ?4
+                 FROM retries
                  WHERE region = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![name, now as i64, max as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)? as u32,
-                    r.get::<_, i64>(3)? as u32,
-                ))
-            })?;
+            let rows = stmt.query_map(
+                params![name, now as i64, max as i64, LEASE_EXPIRED_ERROR],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)? as u32,
+                        r.get::<_, i64>(3)? as u32,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (seq, body, receive_count, settled_count) in due {
+        // (first message id, its attempt, how many) of the leases found expired.
+        let mut expired: Option<(String, u32, u64)> = None;
+        for (seq, body, receive_count, settled_count, swept) in due {
             let lease_expired = receive_count > settled_count;
             if lease_expired && receive_count >= self.options.max_receives {
                 let reason = format!(
@@ -895,8 +890,15 @@ impl Store {
                 self.dead_letter_retry_row(&name, seq, receive_count, &reason)?;
                 continue;
             }
-            if lease_expired {
-                lease_expired_event(&name, &body, seq, receive_count);
+            if lease_expired && !swept {
+                if expired.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
+                    let id = message_id_or(&body, || format!("seq {seq}"));
+                    tracing::debug!(message_id = %id, region = %name, attempt = receive_count, "lease expired");
+                    expired.get_or_insert((id, receive_count, 0));
+                }
+                if let Some((_, _, n)) = expired.as_mut() {
+                    *n += 1;
+                }
             }
             let count = receive_count + 1;
             self.conn
@@ -907,6 +909,9 @@ impl Store {
                 body: Bytes::from(body),
                 receive_count: count,
             });
+        }
+        if let Some((id, attempt, count)) = expired {
+            lease_expired_event(&name, &id, attempt, count);
         }
 
         let state = &mut self.regions[region];
@@ -1118,8 +1123,7 @@ impl Store {
                 reason,
                 now_ms() as i64
             ])?;
-        tracing::warn!(message_id = %id, region, attempt = attempts, error = reason, "message dead-lettered");
-        crate::metrics::DeadLettered { region }.emit();
+        dead_lettered_event(region, id, attempts, reason);
         Ok(())
     }
 
@@ -1245,22 +1249,40 @@ impl Store {
                     .filter(|(_, lease)| lease.deadline_ms <= now)
                     .map(|(seq, _)| *seq)
                     .collect();
-                for seq in expired {
-                    let name = self.regions[i].name.clone();
-                    self.log_lease_expired(&name, seq)?;
-                    self.conn
+                if expired.is_empty() {
+                    continue;
+                }
+                let name = self.regions[i].name.clone();
+                let mut first_id = None;
+                for seq in &expired {
+                    let body: Option<Vec<u8>> = self
+                        .conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO retries
                              (region, seq, published_at, body, receive_count, settled_count, visible_at,
                               first_failure, last_failure, last_error)
-                             SELECT ?1, seq, published_at, body, 1, 0, ?2, ?2, ?2,
-                                    'not settled within the visibility timeout (the worker may have stopped)'
-                             FROM messages WHERE seq = ?3",
+                             SELECT ?1, seq, published_at, body, 1, 0, ?2, ?2, ?2, ?4
+                             FROM messages WHERE seq = ?3
+                             RETURNING body",
                         )?
-                        .execute(params![name, now as i64, seq as i64])?;
-                    self.regions[i].leases.remove(&seq);
-                    wake = true;
+                        .query_row(
+                            params![name, now as i64, *seq as i64, LEASE_EXPIRED_ERROR],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    // Decoding every body only pays when someone reads debug lines.
+                    if first_id.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
+                        let id = message_id_or(body.as_deref().unwrap_or_default(), || {
+                            format!("seq {seq}")
+                        });
+                        tracing::debug!(message_id = %id, region = %name, attempt = 1, "lease expired");
+                        first_id.get_or_insert(id);
+                    }
+                    self.regions[i].leases.remove(seq);
                 }
+                let first_id = first_id.unwrap_or_default();
+                lease_expired_event(&name, &first_id, 1, expired.len() as u64);
+                wake = true;
             }
         }
         if self.last_gc.elapsed() >= GC_EVERY {
@@ -1304,17 +1326,6 @@ impl Store {
             }
         }
         Ok(wake)
-    }
-
-    /// [`lease_expired_event`] for a first delivery, whose body is still in the topic.
-    fn log_lease_expired(&mut self, region: &str, seq: u64) -> rusqlite::Result<()> {
-        let body: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT body FROM messages WHERE seq = ?1")?
-            .query_row([seq as i64], |r| r.get(0))
-            .optional()?;
-        lease_expired_event(region, body.as_deref().unwrap_or_default(), seq, 1);
-        Ok(())
     }
 
     /// Writes floors, the last seq and the clock's high water when they moved.
