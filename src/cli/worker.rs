@@ -123,14 +123,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     worker::spawn(
         WorkerSettings {
-            region: region.name.clone(),
-            redis_url,
             concurrency,
-            batch_size: config.worker.batch_size,
-            redis_timeout: config.worker.redis_timeout,
-            max_receives: config.delivery.max_receives,
-            retry_backoff: config.delivery.retry_backoff,
-            retry_backoff_max: config.delivery.retry_backoff_max,
+            ..WorkerSettings::from_config(&config, region, redis_url)
         },
         bus.clone(),
         Applier::new(config.convergence, config.tombstone_ttl()),

@@ -16,7 +16,6 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::Applier;
 use crate::bus::BusErrorKind;
 use crate::bus::remote::{RemoteBus, RemoteOptions};
 use crate::health::RedisHealth;
@@ -112,21 +111,17 @@ pub async fn run(
         );
     }
 
-    let ms = Duration::from_millis;
     let mut tasks = JoinSet::new();
     worker::spawn(
-        WorkerSettings {
-            region: region.to_string(),
-            redis_url: redis.to_string(),
+        WorkerSettings::from_hub(
+            &settings,
+            region,
+            redis.to_string(),
             concurrency,
-            batch_size: batch_size as usize,
-            redis_timeout: ms(settings.redis_timeout_ms),
-            max_receives: settings.max_receives,
-            retry_backoff: ms(settings.retry_backoff_ms),
-            retry_backoff_max: ms(settings.retry_backoff_max_ms),
-        },
+            batch_size as usize,
+        ),
         bus.clone(),
-        Applier::new(settings.convergence, ms(settings.tombstone_ttl_ms)),
+        settings.applier(),
         Arc::new(LatencyWindow::default()),
         Arc::new(RedisHealth::new(region)),
         shutdown.clone(),

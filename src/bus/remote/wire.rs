@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::apply::Applier;
 use crate::bus::{Delivery, Receipt, Settle};
 use crate::command::Convergence;
 
@@ -140,6 +141,16 @@ pub struct RegionSettings {
     pub redis_timeout_ms: u64,
     /// `"local"` when `regis serve` runs a worker for this region itself.
     pub placement: String,
+}
+
+impl RegionSettings {
+    /// The applier the hub's settings ask for.
+    pub fn applier(&self) -> Applier {
+        Applier::new(
+            self.convergence,
+            Duration::from_millis(self.tombstone_ttl_ms),
+        )
+    }
 }
 
 fn cut(mut reason: String) -> String {
