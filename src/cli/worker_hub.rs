@@ -61,9 +61,6 @@ pub async fn run(
     redis: &str,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    if concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
     if args.poll_wait.is_zero() || args.poll_wait > Duration::from_secs(30) {
         bail!("--poll-wait must be between 1ms and 30s");
     }
