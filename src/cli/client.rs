@@ -50,14 +50,7 @@ impl HubClient {
     pub fn new(args: &HubArgs) -> anyhow::Result<HubClient> {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &args.ca {
-            let pem = std::fs::read(path).with_context(|| {
-                format!(
-                    "cannot read the CA file {}; --ca must name a PEM file",
-                    path.display()
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{} holds no usable PEM certificate", path.display()))?;
+            let certs = crate::tls::ca_certificates(path).map_err(|err| anyhow!(err))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -139,5 +132,35 @@ impl HubClient {
                 self.base
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_with_ca(path: PathBuf) -> String {
+        let args = HubArgs {
+            url: "https://127.0.0.1:7700".into(),
+            token: None,
+            ca: Some(path),
+        };
+        match HubClient::new(&args) {
+            Ok(_) => panic!("a bad --ca file was accepted"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_with_ca(empty);
+        assert!(err.contains("holds no CERTIFICATE block"), "{err}");
+        assert!(err.contains("--ca must name a PEM file"), "{err}");
+
+        let err = client_with_ca(dir.path().join("missing.pem"));
+        assert!(err.contains("cannot read the CA file"), "{err}");
     }
 }
