@@ -39,8 +39,6 @@ pub struct HubClient {
 pub struct Refused {
     /// The HTTP status.
     pub status: reqwest::StatusCode,
-    /// The API's `error.code`, if any.
-    pub code: Option<String>,
     /// The API's `error.message`, or the body.
     pub message: String,
 }
@@ -99,31 +97,24 @@ impl HubClient {
             .with_context(|| format!("the hub at {} stopped answering mid-way", self.base))?;
         let json: Option<Value> = serde_json::from_str(&text).ok();
         if !status.is_success() {
-            let error = json.as_ref().map(|j| &j["error"]);
+            let mut message = json
+                .as_ref()
+                .and_then(|j| j["error"]["message"].as_str())
+                .map(str::to_string);
             if status == reqwest::StatusCode::UNAUTHORIZED
                 || status == reqwest::StatusCode::FORBIDDEN
             {
-                let message = error
-                    .and_then(|e| e["message"].as_str())
-                    .unwrap_or("refused");
                 let hint = if self.token.is_none() {
                     "pass the token with --token or REGIS_TOKEN"
                 } else {
                     "check the token given with --token or REGIS_TOKEN"
                 };
-                return Err(anyhow!(Refused {
-                    status,
-                    code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
-                    message: format!("{message} ({hint})"),
-                }));
+                let said = message.as_deref().unwrap_or("refused");
+                message = Some(format!("{said} ({hint})"));
             }
             return Err(anyhow!(Refused {
                 status,
-                code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
-                message: error
-                    .and_then(|e| e["message"].as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| text.trim().to_string()),
+                message: message.unwrap_or_else(|| text.trim().to_string()),
             }));
         }
         json.ok_or_else(|| {
