@@ -170,31 +170,18 @@ fn parse_receipt(receipt: &Receipt) -> Result<(ReceiptKind, u64, u32), BusError>
     Ok((kind, seq, attempt))
 }
 
-fn storage(err: rusqlite::Error) -> BusError {
-    let disk_full =
-        matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull);
-    if disk_full {
-        BusError::new(
-            BusErrorKind::Storage,
-            "the disk holding data_dir is full: nothing was stored; free space and try again",
-        )
+/// What a publish refused for a full disk is told.
+const DISK_FULL: &str =
+    "the disk holding data_dir is full: nothing was stored; free space and try again";
+
+fn storage(err: &rusqlite::Error) -> BusError {
+    if is_full(err) {
+        BusError::new(BusErrorKind::Storage, DISK_FULL)
     } else {
         BusError::new(
             BusErrorKind::Storage,
             format!("embedded bus storage error: {err}"),
         )
-    }
-}
-
-fn storage_ref(err: &rusqlite::Error) -> BusError {
-    match err {
-        rusqlite::Error::SqliteFailure(e, m) => {
-            storage(rusqlite::Error::SqliteFailure(*e, m.clone()))
-        }
-        other => BusError::new(
-            BusErrorKind::Storage,
-            format!("embedded bus storage error: {other}"),
-        ),
     }
 }
 
@@ -307,6 +294,8 @@ const MAX_GROUP: usize = 8192;
 
 pub(super) struct Store {
     conn: Connection,
+    /// The database's page size, bytes.
+    page_size: u64,
     options: StoreOptions,
     regions: Vec<RegionState>,
     last_seq: u64,
@@ -351,7 +340,7 @@ impl Store {
              PRAGMA cache_size=-65536;
              PRAGMA journal_size_limit=67108864;",
         )
-        .map_err(storage)?;
+        .map_err(|e| storage(&e))?;
         conn.execute_batch(SCHEMA).map_err(|err| {
             BusError::new(
                 BusErrorKind::Storage,
@@ -361,8 +350,13 @@ impl Store {
                 ),
             )
         })?;
+        // Fixed once the database exists (WAL mode cannot change it).
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| storage(&e))?;
         let mut store = Store {
             conn,
+            page_size: page_size.max(512) as u64,
             options,
             regions: regions
                 .iter()
@@ -393,7 +387,7 @@ impl Store {
             full: false,
             used_bytes: 0,
         };
-        store.load().map_err(storage)?;
+        store.load().map_err(|e| storage(&e))?;
         Ok(store)
     }
 
@@ -568,8 +562,7 @@ impl Store {
     }
 
     fn limit_size(&mut self, max_bytes: Option<u64>) -> rusqlite::Result<()> {
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let page_size = page_size.max(512) as u64;
+        let page_size = self.page_size;
         self.cap = max_bytes.map(|bytes| {
             let publish_pages = (bytes / page_size).max(1);
             SizeCap {
@@ -581,11 +574,11 @@ impl Store {
         self.cap_publishing = None;
         match self.cap {
             Some(cap) => {
-                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-                if pages as u64 > cap.publish_pages {
+                let (pages, _) = self.page_counts()?;
+                if pages > cap.publish_pages {
                     tracing::warn!(
                         max_bus_bytes = cap.bytes,
-                        file_bytes = pages as u64 * page_size,
+                        file_bytes = pages * page_size,
                         "the bus is already larger than max_bus_bytes: publishes are refused until the regions catch up and free room"
                     );
                 }
@@ -609,14 +602,19 @@ impl Store {
         let _ = reply.send(Err(refusal));
     }
 
-    /// Pages in use (free pages excluded: they are reused first) times the page size.
-    fn bytes_in_use(&self) -> rusqlite::Result<u64> {
+    /// The database's pages, and how many of them are free.
+    fn page_counts(&self) -> rusqlite::Result<(u64, u64)> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self
             .conn
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        Ok(((pages - free).max(0) * page_size) as u64)
+        Ok((pages.max(0) as u64, free.max(0) as u64))
+    }
+
+    /// Pages in use (free pages excluded: they are reused first) times the page size.
+    fn bytes_in_use(&self) -> rusqlite::Result<u64> {
+        let (pages, free) = self.page_counts()?;
+        Ok(pages.saturating_sub(free) * self.page_size)
     }
 
     /// Why a publish found no room.
@@ -626,10 +624,7 @@ impl Store {
                 "the bus is full (max_bus_bytes = {} bytes, or the disk holding data_dir is full) with messages the regions have not applied yet; nothing was stored; publishing resumes as they catch up (see `regis status`), or raise max_bus_bytes",
                 cap.bytes
             ),
-            None => {
-                "the disk holding data_dir is full: nothing was stored; free space and try again"
-                    .to_string()
-            }
+            None => DISK_FULL.to_string(),
         };
         BusError::new(BusErrorKind::Storage, message)
     }
@@ -650,7 +645,7 @@ impl Store {
             while let Some(request) = requests.next() {
                 if let Err(err) = self.handle(request, &mut deferred, &mut wake) {
                     // Requests not reached share the transaction's fate: answer them too.
-                    let failure = storage_ref(&err);
+                    let failure = storage(&err);
                     for rest in requests {
                         rest.fail(&failure);
                     }
@@ -672,7 +667,7 @@ impl Store {
                 }
             }
             Err(err) => {
-                let err = storage(err);
+                let err = storage(&err);
                 tracing::error!(error = %err, "embedded bus transaction failed; nothing of it was stored");
                 let _ = self.conn.execute_batch("ROLLBACK");
                 for reply in deferred {
@@ -830,17 +825,13 @@ impl Store {
                 let topic_messages: i64 =
                     self.conn
                         .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
-                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-                let free: i64 = self
-                    .conn
-                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let (pages, free) = self.page_counts()?;
                 deferred.push(defer(
                     reply,
                     Ok(Footprint {
                         topic_messages: topic_messages as u64,
-                        bytes_in_use: ((pages - free).max(0) * page_size) as u64,
-                        file_bytes: (pages.max(0) * page_size) as u64,
+                        bytes_in_use: pages.saturating_sub(free) * self.page_size,
+                        file_bytes: pages * self.page_size,
                     }),
                 ));
             }
