@@ -352,11 +352,10 @@ impl<C: Consume> Consumer<C> {
                 attempt,
             );
             // The region's probe may see the Redis return before this backoff ends.
-            let health = self.health.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
-                _ = health.back_up() => {}
+                _ = self.health.back_up() => {}
             }
             match self.redis.ping().await {
                 Ok(()) => {
