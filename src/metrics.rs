@@ -347,17 +347,19 @@ impl RespProtocolError {
 
 // --- Operating: retries, dead-letter admin and expiry --------------------------------------
 
-/// A first delivery's lease expired unsettled; the message will be delivered again.
+/// Deliveries whose leases expired unsettled; they will be delivered again.
 pub struct LeaseExpired<'a> {
     /// Region name.
     pub region: &'a str,
+    /// How many.
+    pub count: u64,
 }
 
 impl LeaseExpired<'_> {
     /// Records the event.
     pub fn emit(self) {
         counter!("regis_retries_total", "region" => self.region.to_string(), "reason" => "lease_expired")
-            .increment(1);
+            .increment(self.count);
     }
 }
 

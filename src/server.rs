@@ -148,16 +148,7 @@ impl<B: Bus> Server<B> {
             }
             let health = Arc::new(RedisHealth::new(&region.name));
             worker::spawn(
-                WorkerSettings {
-                    region: region.name.clone(),
-                    redis_url: region.redis.clone(),
-                    concurrency: config.concurrency(region),
-                    batch_size: config.worker.batch_size,
-                    redis_timeout: config.worker.redis_timeout,
-                    max_receives: config.delivery.max_receives,
-                    retry_backoff: config.delivery.retry_backoff,
-                    retry_backoff_max: config.delivery.retry_backoff_max,
-                },
+                WorkerSettings::from_config(config, region, region.redis.clone()),
                 bus.clone(),
                 applier.clone(),
                 latency.clone(),

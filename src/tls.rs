@@ -156,3 +156,25 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+/// The CA certificates of the PEM file `path` (`--ca`), for an HTTPS client to trust besides
+/// the system's. A file that cannot be read, does not parse, or holds no CERTIFICATE block
+/// is an error that names the file and says what `--ca` wants.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    const WANT: &str = "--ca must name a PEM file of CA certificates";
+    let pem = std::fs::read(path)
+        .map_err(|err| format!("cannot read the CA file {}: {err}; {WANT}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+        format!(
+            "{} holds no usable PEM certificate ({err}); {WANT}",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no CERTIFICATE block; {WANT}",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}

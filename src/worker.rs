@@ -23,8 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, Failure, RegionRedis};
+use crate::bus::remote::wire::RegionSettings;
 use crate::bus::{Consume, Delivery, Receipt, Settle};
 use crate::clock::now_us;
+use crate::config::{Config, RegionConfig};
 use crate::envelope::Envelope;
 use crate::health::RedisHealth;
 use crate::latency::LatencyWindow;
@@ -52,6 +54,49 @@ pub struct WorkerSettings {
     pub retry_backoff: Duration,
     /// Longest retry delay.
     pub retry_backoff_max: Duration,
+}
+
+impl WorkerSettings {
+    /// The settings of `region`'s worker from the hub's config (as `regis serve` runs it),
+    /// with its Redis at `redis_url`.
+    pub fn from_config(
+        config: &Config,
+        region: &RegionConfig,
+        redis_url: String,
+    ) -> WorkerSettings {
+        WorkerSettings {
+            region: region.name.clone(),
+            redis_url,
+            concurrency: config.concurrency(region),
+            batch_size: config.worker.batch_size,
+            redis_timeout: config.worker.redis_timeout,
+            max_receives: config.delivery.max_receives,
+            retry_backoff: config.delivery.retry_backoff,
+            retry_backoff_max: config.delivery.retry_backoff_max,
+        }
+    }
+
+    /// The settings of a remote worker of `region`, from what its hub answered
+    /// (`settings`), with its Redis at `redis_url`.
+    pub fn from_hub(
+        settings: &RegionSettings,
+        region: &str,
+        redis_url: String,
+        concurrency: usize,
+        batch_size: usize,
+    ) -> WorkerSettings {
+        let ms = Duration::from_millis;
+        WorkerSettings {
+            region: region.to_string(),
+            redis_url,
+            concurrency,
+            batch_size,
+            redis_timeout: ms(settings.redis_timeout_ms),
+            max_receives: settings.max_receives,
+            retry_backoff: ms(settings.retry_backoff_ms),
+            retry_backoff_max: ms(settings.retry_backoff_max_ms),
+        }
+    }
 }
 
 /// `base * 2^(attempt-1)`, capped at `max`, with "equal jitter" (uniform in the upper half)
@@ -307,11 +352,10 @@ impl<C: Consume> Consumer<C> {
                 attempt,
             );
             // The region's probe may see the Redis return before this backoff ends.
-            let health = self.health.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
-                _ = health.back_up() => {}
+                _ = self.health.back_up() => {}
             }
             match self.redis.ping().await {
                 Ok(()) => {

@@ -11,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use regis::bus::{DeadLetters, Stats};
+use regis::bus::{Consume, DeadLetters, Receipt, Settle, Stats};
+use regis::config::WorkerPlacement;
 use regis::redis_process::{RedisProcess, free_port};
 use regis::snapshot::Entry;
 use serde_json::{Value, json};
@@ -545,6 +546,68 @@ async fn expired_dead_letters_are_removed_on_schedule_on(backend: Backend) {
             "{text}"
         );
     }
+    shutdown(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_counted_once() {
+    an_expired_lease_is_counted_once_on(Backend::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_counted_once_on_nats() {
+    an_expired_lease_is_counted_once_on(Backend::Nats).await
+}
+
+/// A worker that leases messages and stops: each expired lease is counted exactly once in
+/// `regis_retries_total{reason="lease_expired"}`, on both buses.
+async fn an_expired_lease_is_counted_once_on(backend: Backend) {
+    let regions = regions(1);
+    let env = Env::new(backend);
+    let mut config = env.config(&regions);
+    // No worker in the hub: the test leases by hand.
+    config.regions[0].worker = WorkerPlacement::Remote;
+    config.delivery.visibility_timeout = Duration::from_secs(1);
+    let hub = env.start_hub(&config).await;
+    let addr = hub.http_addr();
+    let expired = [("region", "r0"), ("reason", "lease_expired")];
+    let before = sample(&metrics(addr).await, "regis_retries_total", &expired).unwrap_or(0.0);
+    for i in 0..3 {
+        publish(addr, json!([["SET", format!("k{i}"), i]]))
+            .await
+            .unwrap();
+    }
+    let lease_all = || async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut receipts: Vec<Receipt> = Vec::new();
+        while receipts.len() < 3 && Instant::now() < deadline {
+            let got = hub
+                .bus()
+                .receive("r0", 10, Duration::from_millis(500))
+                .await
+                .unwrap();
+            receipts.extend(got.into_iter().map(|d| d.receipt));
+        }
+        receipts
+    };
+    // Leased, never settled: the worker "died".
+    assert_eq!(lease_all().await.len(), 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Handed out again once the leases ran out; settled this time.
+    let again = lease_all().await;
+    assert_eq!(again.len(), 3);
+    hub.bus()
+        .settle("r0", again.into_iter().map(|r| (r, Settle::Ack)).collect())
+        .await
+        .unwrap();
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = metrics(addr).await;
+    assert_eq!(
+        sample(&text, "regis_retries_total", &expired),
+        Some(before + 3.0),
+        "{text}"
+    );
     shutdown(hub).await;
 }
 

@@ -250,3 +250,45 @@ pub trait Stats: Send + Sync + 'static {
 pub trait Bus: Publish + Consume + DeadLetters + Stats + Clone {}
 
 impl<T: Publish + Consume + DeadLetters + Stats + Clone> Bus for T {}
+
+/// The error a delivery whose lease expired unsettled is retried with.
+pub(crate) const LEASE_EXPIRED_ERROR: &str =
+    "not settled within the visibility timeout (the worker may have stopped)";
+
+/// Logs and counts `count` deliveries of one region whose leases expired unsettled (they
+/// are delivered again): operators want to know a worker stopped settling. One WARN line
+/// per call, so a dead worker's thousands of leases do not flood the log; `message_id` is
+/// the first of them. The counter goes up by exactly `count`.
+pub(crate) fn lease_expired_event(
+    region: &str,
+    message_id: &dyn fmt::Display,
+    attempt: u32,
+    count: u64,
+) {
+    if count == 0 {
+        return;
+    }
+    tracing::warn!(
+        message_id = %message_id,
+        region,
+        attempt,
+        count,
+        error = LEASE_EXPIRED_ERROR,
+        "lease expired; message will be delivered again"
+    );
+    crate::metrics::LeaseExpired { region, count }.emit();
+}
+
+/// Logs and counts a message moved to its region's dead letters. Both buses log the same
+/// fields, so one log query finds dead letters whichever bus the hub runs on.
+pub(crate) fn dead_lettered_event(region: &str, message_id: MessageId, attempt: u32, reason: &str) {
+    tracing::warn!(message_id = %message_id, region, attempt, error = reason, "message dead-lettered");
+    crate::metrics::DeadLettered { region }.emit();
+}
+
+/// The message id in an envelope's body, or `fallback` when it does not decode.
+pub(crate) fn message_id_or(body: &[u8], fallback: impl FnOnce() -> String) -> String {
+    Envelope::decode(body)
+        .map(|e| e.id.to_string())
+        .unwrap_or_else(|_| fallback())
+}

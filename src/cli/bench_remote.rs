@@ -99,16 +99,13 @@ impl RemoteWorker {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         worker::spawn(
-            WorkerSettings {
-                region: "remote".into(),
-                redis_url: region_url.to_string(),
-                concurrency: args.concurrency,
-                batch_size: args.batch_size,
-                redis_timeout: ms(settings.redis_timeout_ms),
-                max_receives: settings.max_receives,
-                retry_backoff: ms(settings.retry_backoff_ms),
-                retry_backoff_max: ms(settings.retry_backoff_max_ms),
-            },
+            WorkerSettings::from_hub(
+                &settings,
+                "remote",
+                region_url.to_string(),
+                args.concurrency,
+                args.batch_size,
+            ),
             bus.clone(),
             Applier::new(settings.convergence, ms(settings.tombstone_ttl_ms)),
             latency.clone(),

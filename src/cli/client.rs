@@ -39,8 +39,6 @@ pub struct HubClient {
 pub struct Refused {
     /// The HTTP status.
     pub status: reqwest::StatusCode,
-    /// The API's `error.code`, if any.
-    pub code: Option<String>,
     /// The API's `error.message`, or the body.
     pub message: String,
 }
@@ -50,14 +48,7 @@ impl HubClient {
     pub fn new(args: &HubArgs) -> anyhow::Result<HubClient> {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &args.ca {
-            let pem = std::fs::read(path).with_context(|| {
-                format!(
-                    "cannot read the CA file {}; --ca must name a PEM file",
-                    path.display()
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{} holds no usable PEM certificate", path.display()))?;
+            let certs = crate::tls::ca_certificates(path).map_err(|err| anyhow!(err))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -106,31 +97,24 @@ impl HubClient {
             .with_context(|| format!("the hub at {} stopped answering mid-way", self.base))?;
         let json: Option<Value> = serde_json::from_str(&text).ok();
         if !status.is_success() {
-            let error = json.as_ref().map(|j| &j["error"]);
+            let mut message = json
+                .as_ref()
+                .and_then(|j| j["error"]["message"].as_str())
+                .map(str::to_string);
             if status == reqwest::StatusCode::UNAUTHORIZED
                 || status == reqwest::StatusCode::FORBIDDEN
             {
-                let message = error
-                    .and_then(|e| e["message"].as_str())
-                    .unwrap_or("refused");
                 let hint = if self.token.is_none() {
                     "pass the token with --token or REGIS_TOKEN"
                 } else {
                     "check the token given with --token or REGIS_TOKEN"
                 };
-                return Err(anyhow!(Refused {
-                    status,
-                    code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
-                    message: format!("{message} ({hint})"),
-                }));
+                let said = message.as_deref().unwrap_or("refused");
+                message = Some(format!("{said} ({hint})"));
             }
             return Err(anyhow!(Refused {
                 status,
-                code: error.and_then(|e| e["code"].as_str()).map(str::to_string),
-                message: error
-                    .and_then(|e| e["message"].as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| text.trim().to_string()),
+                message: message.unwrap_or_else(|| text.trim().to_string()),
             }));
         }
         json.ok_or_else(|| {
@@ -139,5 +123,35 @@ impl HubClient {
                 self.base
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_with_ca(path: PathBuf) -> String {
+        let args = HubArgs {
+            url: "https://127.0.0.1:7700".into(),
+            token: None,
+            ca: Some(path),
+        };
+        match HubClient::new(&args) {
+            Ok(_) => panic!("a bad --ca file was accepted"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_with_ca(empty);
+        assert!(err.contains("holds no CERTIFICATE block"), "{err}");
+        assert!(err.contains("--ca must name a PEM file"), "{err}");
+
+        let err = client_with_ca(dir.path().join("missing.pem"));
+        assert!(err.contains("cannot read the CA file"), "{err}");
     }
 }

@@ -43,12 +43,21 @@ pub struct WorkerArgs {
     #[arg(long, short, default_value = "regis.toml")]
     pub config: PathBuf,
     /// Consumers; defaults to the region's `concurrency` or `worker.concurrency` (with
-    /// --hub: 8, one lease in flight each).
-    #[arg(long)]
+    /// --hub: 8, one lease in flight each). At least 1.
+    #[arg(long, value_parser = at_least_one)]
     pub concurrency: Option<usize>,
     /// Leasing from a hub over HTTP(S).
     #[command(flatten)]
     pub remote: HubWorkerArgs,
+}
+
+/// A count that must be at least 1 (clap rejects 0 before the worker starts).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// Runs the worker until SIGINT or SIGTERM, then finishes the batch in hand and exits.
@@ -87,9 +96,6 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         (None, url) => url.to_string(),
     };
     let concurrency = args.concurrency.unwrap_or(config.concurrency(region));
-    if concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
 
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -123,14 +129,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     worker::spawn(
         WorkerSettings {
-            region: region.name.clone(),
-            redis_url,
             concurrency,
-            batch_size: config.worker.batch_size,
-            redis_timeout: config.worker.redis_timeout,
-            max_receives: config.delivery.max_receives,
-            retry_backoff: config.delivery.retry_backoff,
-            retry_backoff_max: config.delivery.retry_backoff_max,
+            ..WorkerSettings::from_config(&config, region, redis_url)
         },
         bus.clone(),
         Applier::new(config.convergence, config.tombstone_ttl()),
@@ -139,13 +139,42 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
         &mut tasks,
     )?;
-    eprintln!(
-        "regis: worker of region {} running {concurrency} consumer(s) on NATS stream {} at {}; Ctrl-C to stop",
-        region.name, nats.stream, nats.url
+    // Through tracing, not eprintln: with --log-format json, stderr must stay pure JSON.
+    tracing::info!(
+        "worker of region {} running {concurrency} consumer(s) on NATS stream {} at {}; Ctrl-C to stop",
+        region.name,
+        nats.stream,
+        nats.url
     );
     shutdown.cancelled().await;
-    eprintln!("regis: stopping: finishing the batch in hand");
+    tracing::info!("stopping: finishing the batch in hand");
     while tasks.join_next().await.is_some() {}
     bus.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn concurrency_zero_is_refused_by_the_parser() {
+        let err = Cli::try_parse_from(["regis", "--region", "r0", "--concurrency", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--concurrency") && err.contains("must be at least 1"),
+            "{err}"
+        );
+        let ok = Cli::try_parse_from(["regis", "--region", "r0", "--concurrency", "3"]).unwrap();
+        assert_eq!(ok.worker.concurrency, Some(3));
+    }
 }

@@ -16,7 +16,6 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::Applier;
 use crate::bus::BusErrorKind;
 use crate::bus::remote::{RemoteBus, RemoteOptions};
 use crate::health::RedisHealth;
@@ -62,9 +61,6 @@ pub async fn run(
     redis: &str,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    if concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
     if args.poll_wait.is_zero() || args.poll_wait > Duration::from_secs(30) {
         bail!("--poll-wait must be between 1ms and 30s");
     }
@@ -112,21 +108,17 @@ pub async fn run(
         );
     }
 
-    let ms = Duration::from_millis;
     let mut tasks = JoinSet::new();
     worker::spawn(
-        WorkerSettings {
-            region: region.to_string(),
-            redis_url: redis.to_string(),
+        WorkerSettings::from_hub(
+            &settings,
+            region,
+            redis.to_string(),
             concurrency,
-            batch_size: batch_size as usize,
-            redis_timeout: ms(settings.redis_timeout_ms),
-            max_receives: settings.max_receives,
-            retry_backoff: ms(settings.retry_backoff_ms),
-            retry_backoff_max: ms(settings.retry_backoff_max_ms),
-        },
+            batch_size as usize,
+        ),
         bus.clone(),
-        Applier::new(settings.convergence, ms(settings.tombstone_ttl_ms)),
+        settings.applier(),
         Arc::new(LatencyWindow::default()),
         Arc::new(RedisHealth::new(region)),
         shutdown.clone(),

@@ -14,11 +14,12 @@
 //! 2. Every other region is `SCAN`ned for keys the reference lacks: one multi-key `EXISTS`
 //!    per chunk, and single `EXISTS` only when some are missing.
 //!
-//! A scanner task feeds chunks through a bounded channel to a few comparing tasks, so at most
-//! `(PARALLEL * 2 + 1)` chunks are in memory, whatever the size of the regions; memory grows
-//! only with the largest single value. Regis's own metadata keys (`__regis:`) are skipped
-//! everywhere. Keys written while the scan runs may show as drift: verify a quiet system, or
-//! run it twice.
+//! Each pass (pass 1 over the reference, and one pass 2 per other region, all run side by
+//! side) has a scanner task feeding chunks through a bounded channel to a few comparing
+//! tasks, so at most `regions × (PARALLEL * 2 + 1)` chunks are in memory, whatever the size
+//! of the regions; memory grows only with the largest single value. Regis's own metadata
+//! keys (`__regis:`) are skipped everywhere. Keys written while the scan runs may show as
+//! drift: verify a quiet system, or run it twice.
 //!
 //! # Repair
 //!
@@ -370,7 +371,8 @@ impl Run {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether another example is wanted (reserving its slot).
+    /// Whether another example is still wanted. It reserves nothing: chunks running side by
+    /// side may each describe one and the caller checks again before keeping it.
     fn want_example(&self) -> bool {
         let tally = self.tally();
         tally.examples.len() < self.examples

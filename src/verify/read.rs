@@ -192,8 +192,7 @@ pub async fn run_dumps(
         return Ok(Vec::new());
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let keys = 0..n;
-    let mut out = Vec::with_capacity(keys.len());
+    let mut out = Vec::with_capacity(n);
     let mut replies = replies.into_iter();
     while let (Some(dump), Some(ttl)) = (replies.next(), replies.next()) {
         let payload = match dump {

@@ -10,7 +10,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::bus::{
-    BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueStats, Receipt, Selection, Settle,
+    BusError, BusErrorKind, DeadLetter, Delivery, LEASE_EXPIRED_ERROR, Outgoing, QueueStats,
+    Receipt, Selection, Settle, dead_lettered_event, lease_expired_event, message_id_or,
 };
 use crate::clock::{Version, now_ms};
 use crate::envelope::{Envelope, MessageId};
@@ -169,31 +170,18 @@ fn parse_receipt(receipt: &Receipt) -> Result<(ReceiptKind, u64, u32), BusError>
     Ok((kind, seq, attempt))
 }
 
-fn storage(err: rusqlite::Error) -> BusError {
-    let disk_full =
-        matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull);
-    if disk_full {
-        BusError::new(
-            BusErrorKind::Storage,
-            "the disk holding data_dir is full: nothing was stored; free space and try again",
-        )
+/// What a publish refused for a full disk is told.
+const DISK_FULL: &str =
+    "the disk holding data_dir is full: nothing was stored; free space and try again";
+
+fn storage(err: &rusqlite::Error) -> BusError {
+    if is_full(err) {
+        BusError::new(BusErrorKind::Storage, DISK_FULL)
     } else {
         BusError::new(
             BusErrorKind::Storage,
             format!("embedded bus storage error: {err}"),
         )
-    }
-}
-
-fn storage_ref(err: &rusqlite::Error) -> BusError {
-    match err {
-        rusqlite::Error::SqliteFailure(e, m) => {
-            storage(rusqlite::Error::SqliteFailure(*e, m.clone()))
-        }
-        other => BusError::new(
-            BusErrorKind::Storage,
-            format!("embedded bus storage error: {other}"),
-        ),
     }
 }
 
@@ -231,22 +219,6 @@ struct SizeCap {
     bytes: u64,
     publish_pages: u64,
     drain_pages: u64,
-}
-
-/// Logs (once per expiry) and counts a delivery whose lease expired unsettled: it is
-/// retried like any other failure, and operators want to know a worker stopped settling.
-fn lease_expired_event(region: &str, body: &[u8], seq: u64, attempt: u32) {
-    let id = Envelope::decode(body)
-        .map(|e| e.id.to_string())
-        .unwrap_or_else(|_| format!("seq {seq}"));
-    tracing::warn!(
-        message_id = %id,
-        region,
-        attempt,
-        error = "not settled within the visibility timeout (the worker may have stopped)",
-        "lease expired; message will be delivered again"
-    );
-    crate::metrics::LeaseExpired { region }.emit();
 }
 
 /// Work deferred until the transaction commits: answers that must not leave before then.
@@ -322,6 +294,8 @@ const MAX_GROUP: usize = 8192;
 
 pub(super) struct Store {
     conn: Connection,
+    /// The database's page size, bytes.
+    page_size: u64,
     options: StoreOptions,
     regions: Vec<RegionState>,
     last_seq: u64,
@@ -366,7 +340,7 @@ impl Store {
              PRAGMA cache_size=-65536;
              PRAGMA journal_size_limit=67108864;",
         )
-        .map_err(storage)?;
+        .map_err(|e| storage(&e))?;
         conn.execute_batch(SCHEMA).map_err(|err| {
             BusError::new(
                 BusErrorKind::Storage,
@@ -376,8 +350,13 @@ impl Store {
                 ),
             )
         })?;
+        // Fixed once the database exists (WAL mode cannot change it).
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| storage(&e))?;
         let mut store = Store {
             conn,
+            page_size: page_size.max(512) as u64,
             options,
             regions: regions
                 .iter()
@@ -408,7 +387,7 @@ impl Store {
             full: false,
             used_bytes: 0,
         };
-        store.load().map_err(storage)?;
+        store.load().map_err(|e| storage(&e))?;
         Ok(store)
     }
 
@@ -583,8 +562,7 @@ impl Store {
     }
 
     fn limit_size(&mut self, max_bytes: Option<u64>) -> rusqlite::Result<()> {
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let page_size = page_size.max(512) as u64;
+        let page_size = self.page_size;
         self.cap = max_bytes.map(|bytes| {
             let publish_pages = (bytes / page_size).max(1);
             SizeCap {
@@ -596,11 +574,11 @@ impl Store {
         self.cap_publishing = None;
         match self.cap {
             Some(cap) => {
-                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-                if pages as u64 > cap.publish_pages {
+                let (pages, _) = self.page_counts()?;
+                if pages > cap.publish_pages {
                     tracing::warn!(
                         max_bus_bytes = cap.bytes,
-                        file_bytes = pages as u64 * page_size,
+                        file_bytes = pages * page_size,
                         "the bus is already larger than max_bus_bytes: publishes are refused until the regions catch up and free room"
                     );
                 }
@@ -624,14 +602,19 @@ impl Store {
         let _ = reply.send(Err(refusal));
     }
 
-    /// Pages in use (free pages excluded: they are reused first) times the page size.
-    fn bytes_in_use(&self) -> rusqlite::Result<u64> {
+    /// The database's pages, and how many of them are free.
+    fn page_counts(&self) -> rusqlite::Result<(u64, u64)> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self
             .conn
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        Ok(((pages - free).max(0) * page_size) as u64)
+        Ok((pages.max(0) as u64, free.max(0) as u64))
+    }
+
+    /// Pages in use (free pages excluded: they are reused first) times the page size.
+    fn bytes_in_use(&self) -> rusqlite::Result<u64> {
+        let (pages, free) = self.page_counts()?;
+        Ok(pages.saturating_sub(free) * self.page_size)
     }
 
     /// Why a publish found no room.
@@ -641,10 +624,7 @@ impl Store {
                 "the bus is full (max_bus_bytes = {} bytes, or the disk holding data_dir is full) with messages the regions have not applied yet; nothing was stored; publishing resumes as they catch up (see `regis status`), or raise max_bus_bytes",
                 cap.bytes
             ),
-            None => {
-                "the disk holding data_dir is full: nothing was stored; free space and try again"
-                    .to_string()
-            }
+            None => DISK_FULL.to_string(),
         };
         BusError::new(BusErrorKind::Storage, message)
     }
@@ -665,7 +645,7 @@ impl Store {
             while let Some(request) = requests.next() {
                 if let Err(err) = self.handle(request, &mut deferred, &mut wake) {
                     // Requests not reached share the transaction's fate: answer them too.
-                    let failure = storage_ref(&err);
+                    let failure = storage(&err);
                     for rest in requests {
                         rest.fail(&failure);
                     }
@@ -687,7 +667,7 @@ impl Store {
                 }
             }
             Err(err) => {
-                let err = storage(err);
+                let err = storage(&err);
                 tracing::error!(error = %err, "embedded bus transaction failed; nothing of it was stored");
                 let _ = self.conn.execute_batch("ROLLBACK");
                 for reply in deferred {
@@ -845,17 +825,13 @@ impl Store {
                 let topic_messages: i64 =
                     self.conn
                         .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
-                let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-                let free: i64 = self
-                    .conn
-                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let (pages, free) = self.page_counts()?;
                 deferred.push(defer(
                     reply,
                     Ok(Footprint {
                         topic_messages: topic_messages as u64,
-                        bytes_in_use: ((pages - free).max(0) * page_size) as u64,
-                        file_bytes: (pages.max(0) * page_size) as u64,
+                        bytes_in_use: pages.saturating_sub(free) * self.page_size,
+                        file_bytes: pages * self.page_size,
                     }),
                 ));
             }
@@ -871,22 +847,32 @@ impl Store {
         let mut deliveries = Vec::new();
 
         // Retries that are due come first: they are the oldest work.
-        let due: Vec<(u64, Vec<u8>, u32, u32)> = {
+        // `swept`: a first delivery the lease sweep moved here and counted already, not
+        // handed out since (receive 1, never settled, the sweep's error).
+        let due: Vec<(u64, Vec<u8>, u32, u32, bool)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, body, receive_count, settled_count FROM retries
+                "SELECT seq, body, receive_count, settled_count,
+                        receive_count = 1 AND settled_count = 0 AND last_error IS ?4
+                 FROM retries
                  WHERE region = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![name, now as i64, max as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)? as u32,
-                    r.get::<_, i64>(3)? as u32,
-                ))
-            })?;
+            let rows = stmt.query_map(
+                params![name, now as i64, max as i64, LEASE_EXPIRED_ERROR],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)? as u32,
+                        r.get::<_, i64>(3)? as u32,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (seq, body, receive_count, settled_count) in due {
+        // (first message id, its attempt, how many) of the leases found expired.
+        let mut expired: Option<(String, u32, u64)> = None;
+        for (seq, body, receive_count, settled_count, swept) in due {
             let lease_expired = receive_count > settled_count;
             if lease_expired && receive_count >= self.options.max_receives {
                 let reason = format!(
@@ -895,8 +881,15 @@ impl Store {
                 self.dead_letter_retry_row(&name, seq, receive_count, &reason)?;
                 continue;
             }
-            if lease_expired {
-                lease_expired_event(&name, &body, seq, receive_count);
+            if lease_expired && !swept {
+                if expired.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
+                    let id = message_id_or(&body, || format!("seq {seq}"));
+                    tracing::debug!(message_id = %id, region = %name, attempt = receive_count, "lease expired");
+                    expired.get_or_insert((id, receive_count, 0));
+                }
+                if let Some((_, _, n)) = expired.as_mut() {
+                    *n += 1;
+                }
             }
             let count = receive_count + 1;
             self.conn
@@ -907,6 +900,9 @@ impl Store {
                 body: Bytes::from(body),
                 receive_count: count,
             });
+        }
+        if let Some((id, attempt, count)) = expired {
+            lease_expired_event(&name, &id, attempt, count);
         }
 
         let state = &mut self.regions[region];
@@ -1118,8 +1114,7 @@ impl Store {
                 reason,
                 now_ms() as i64
             ])?;
-        tracing::warn!(message_id = %id, region, attempt = attempts, error = reason, "message dead-lettered");
-        crate::metrics::DeadLettered { region }.emit();
+        dead_lettered_event(region, id, attempts, reason);
         Ok(())
     }
 
@@ -1245,22 +1240,40 @@ impl Store {
                     .filter(|(_, lease)| lease.deadline_ms <= now)
                     .map(|(seq, _)| *seq)
                     .collect();
-                for seq in expired {
-                    let name = self.regions[i].name.clone();
-                    self.log_lease_expired(&name, seq)?;
-                    self.conn
+                if expired.is_empty() {
+                    continue;
+                }
+                let name = self.regions[i].name.clone();
+                let mut first_id = None;
+                for seq in &expired {
+                    let body: Option<Vec<u8>> = self
+                        .conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO retries
                              (region, seq, published_at, body, receive_count, settled_count, visible_at,
                               first_failure, last_failure, last_error)
-                             SELECT ?1, seq, published_at, body, 1, 0, ?2, ?2, ?2,
-                                    'not settled within the visibility timeout (the worker may have stopped)'
-                             FROM messages WHERE seq = ?3",
+                             SELECT ?1, seq, published_at, body, 1, 0, ?2, ?2, ?2, ?4
+                             FROM messages WHERE seq = ?3
+                             RETURNING body",
                         )?
-                        .execute(params![name, now as i64, seq as i64])?;
-                    self.regions[i].leases.remove(&seq);
-                    wake = true;
+                        .query_row(
+                            params![name, now as i64, *seq as i64, LEASE_EXPIRED_ERROR],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    // Decoding every body only pays when someone reads debug lines.
+                    if first_id.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
+                        let id = message_id_or(body.as_deref().unwrap_or_default(), || {
+                            format!("seq {seq}")
+                        });
+                        tracing::debug!(message_id = %id, region = %name, attempt = 1, "lease expired");
+                        first_id.get_or_insert(id);
+                    }
+                    self.regions[i].leases.remove(seq);
                 }
+                let first_id = first_id.unwrap_or_default();
+                lease_expired_event(&name, &first_id, 1, expired.len() as u64);
+                wake = true;
             }
         }
         if self.last_gc.elapsed() >= GC_EVERY {
@@ -1304,17 +1317,6 @@ impl Store {
             }
         }
         Ok(wake)
-    }
-
-    /// [`lease_expired_event`] for a first delivery, whose body is still in the topic.
-    fn log_lease_expired(&mut self, region: &str, seq: u64) -> rusqlite::Result<()> {
-        let body: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT body FROM messages WHERE seq = ?1")?
-            .query_row([seq as i64], |r| r.get(0))
-            .optional()?;
-        lease_expired_event(region, body.as_deref().unwrap_or_default(), seq, 1);
-        Ok(())
     }
 
     /// Writes floors, the last seq and the clock's high water when they moved.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::queue::RegionQueue;
 use super::receipt::AckSubject;
 use super::{Names, NatsBus, NatsOptions, storage, unavailable};
-use crate::bus::{BusError, DeadLetter, Selection};
+use crate::bus::{BusError, DeadLetter, Selection, dead_lettered_event};
 use crate::clock::now_ms;
 use crate::envelope::{Envelope, MessageId};
 
@@ -84,7 +84,7 @@ pub(super) async fn ensure_stream(
 
 /// The id and publish time of a body; an undecodable one gets an id derived from its place
 /// in the stream (sequence, and index in its batch), and the time the stream stored it.
-fn identify(body: &[u8], ack: &AckSubject, index: u32) -> (MessageId, u64) {
+pub(super) fn identify(body: &[u8], ack: &AckSubject, index: u32) -> (MessageId, u64) {
     match Envelope::decode(body) {
         Ok(envelope) => (envelope.id, envelope.published_at_ms()),
         Err(_) => (
@@ -100,13 +100,7 @@ fn one_line(s: &str) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if line.len() > MAX_ERROR {
-        let mut end = MAX_ERROR;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-    }
+    line.truncate(line.floor_char_boundary(MAX_ERROR));
     line
 }
 
@@ -147,8 +141,7 @@ pub(super) async fn store(
         .map_err(|err| unavailable("cannot store a dead letter", err))?
         .await
         .map_err(|err| unavailable("the dead letters did not acknowledge", err))?;
-    tracing::warn!(message_id = %id, region, attempts, error = reason, "message dead-lettered");
-    crate::metrics::DeadLettered { region }.emit();
+    dead_lettered_event(region, id, attempts, reason);
     Ok(())
 }
 

@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use super::receipt::{AckSubject, Parsed, lease_margin, parse_receipt, receipt};
 use super::{Names, NatsBus, NatsOptions, batch, dead_letters, storage, unavailable};
-use crate::bus::{BusError, BusErrorKind, Delivery, QueueStats, Receipt, Settle};
+use crate::bus::{
+    BusError, BusErrorKind, Delivery, LEASE_EXPIRED_ERROR, QueueStats, Receipt, Settle,
+    lease_expired_event,
+};
 use crate::clock::now_ms;
 
 /// The description marking a consumer as a Regis region's queue.
@@ -471,6 +474,8 @@ async fn admit(
 
     let mut deliveries = Vec::with_capacity(candidates.len());
     let mut notes = Vec::new();
+    // (first message id, attempt, how many envelopes) per expired delivery.
+    let mut expired = Vec::new();
     let mut exhausted = Vec::new();
     let mut all_done = Vec::new();
     {
@@ -503,6 +508,10 @@ async fn admit(
             }
             if lease_expired {
                 notes.push((ack.stream_seq, record.clone()));
+                if let Some((index, body)) = remaining.first_key_value() {
+                    let id = dead_letters::identify(body, &ack, *index).0;
+                    expired.push((id, previous, remaining.len() as u64));
+                }
             }
             for (index, body) in &remaining {
                 deliveries.push(Delivery {
@@ -528,14 +537,21 @@ async fn admit(
     for ack in &all_done {
         acknowledge(bus, ack, Bytes::from_static(ACK)).await?;
     }
+    // Counted per envelope, logged once per region and receive, as on the embedded bus.
+    if let Some((id, attempt, _)) = expired.first() {
+        let count = expired.iter().map(|(_, _, n)| n).sum();
+        lease_expired_event(&queue.name, id, *attempt, count);
+    }
+    for (id, attempt, n) in &expired {
+        tracing::debug!(message_id = %id, region = %queue.name, attempt, envelopes = n, "lease expired");
+    }
     let notes = notes.into_iter().map(|(seq, record)| {
         let record = RetryRecord {
             settled: record.as_ref().map_or(0, |r| r.settled),
             done: record.as_ref().map(|r| r.done.clone()).unwrap_or_default(),
             first_failure_ms: record.as_ref().map_or(now, |r| r.first_failure_ms),
             last_failure_ms: now,
-            last_error: "not settled within the visibility timeout (the worker may have stopped)"
-                .into(),
+            last_error: LEASE_EXPIRED_ERROR.into(),
         };
         async move { write_record(bus, &queue.name, seq, &record).await }
     });

@@ -130,24 +130,7 @@ impl RemoteBus {
             .pool_idle_timeout(Duration::from_secs(90))
             .tls_built_in_root_certs(true);
         if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path).map_err(|err| {
-                invalid(format!(
-                    "cannot read the CA file {}: {err}; --ca must name a PEM file of CA certificates",
-                    path.display()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-                invalid(format!(
-                    "{} holds no usable PEM certificate ({err}); --ca must name a PEM file of CA certificates",
-                    path.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(invalid(format!(
-                    "{} holds no CERTIFICATE block; --ca must name a PEM file of CA certificates",
-                    path.display()
-                )));
-            }
+            let certs = crate::tls::ca_certificates(path).map_err(invalid)?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::apply::Applier;
 use crate::bus::{Delivery, Receipt, Settle};
 use crate::command::Convergence;
 
@@ -142,13 +143,19 @@ pub struct RegionSettings {
     pub placement: String,
 }
 
+impl RegionSettings {
+    /// The applier the hub's settings ask for.
+    pub fn applier(&self) -> Applier {
+        Applier::new(
+            self.convergence,
+            Duration::from_millis(self.tombstone_ttl_ms),
+        )
+    }
+}
+
 fn cut(mut reason: String) -> String {
     if reason.len() > MAX_REASON_BYTES {
-        let mut end = MAX_REASON_BYTES;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
+        reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
         reason.push('…');
     }
     reason
