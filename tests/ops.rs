@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -624,26 +624,12 @@ async fn every_retry_and_dead_letter_is_logged_once_in_json() {
         port,
     );
     let log_path = data.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args(["--log-format", "json", "serve", "--config"])
+    let mut command = regis_command(&["--log-format", "json", "serve", "--config"]);
+    command
         .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("spawn regis serve");
-    let mut serve = ServeProcess {
-        child,
-        addr,
-        config_path: path.clone(),
-    };
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            reqwest::get(format!("http://{addr}/healthz")).await.is_ok()
-        })
-        .await
-    );
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut serve = ServeProcess::spawn(command, addr).await;
     let id = publish(addr, json!([["HSET", "profile", "name", "Ana"]]))
         .await
         .unwrap();
@@ -900,20 +886,17 @@ async fn verify_of_100k_keys_stays_within_bounded_memory() {
             pipe.query_async::<()>(&mut conn).await.unwrap();
         }
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_regis"))
-        .args([
-            "verify",
-            "--redis",
-            &format!("a={}", regions[0].url()),
-            "--redis",
-            &format!("b={}", regions[1].url()),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = regis_command(&[
+        "verify",
+        "--redis",
+        &format!("a={}", regions[0].url()),
+        "--redis",
+        &format!("b={}", regions[1].url()),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let finished = regis::peak_rss::wait(child).unwrap();
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert!(

@@ -511,7 +511,6 @@ pub fn explain(output: &Output) -> String {
 pub struct ServeProcess {
     pub child: Child,
     pub addr: SocketAddr,
-    pub config_path: PathBuf,
 }
 
 /// Writes `config` as TOML (what `regis serve` reads) with a fixed HTTP port.
@@ -612,12 +611,15 @@ impl ServeProcess {
             .arg(config_path)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        ServeProcess::spawn(command, addr).await
+    }
+
+    /// Spawns `command` (a `regis ... serve` from [`regis_command`], with whatever else the
+    /// test needs: environment, log file) listening on `addr`, and waits until /healthz
+    /// answers 2xx.
+    pub async fn spawn(mut command: Command, addr: SocketAddr) -> ServeProcess {
         let child = command.spawn().expect("spawn regis serve");
-        let serve = ServeProcess {
-            child,
-            addr,
-            config_path: config_path.to_path_buf(),
-        };
+        let serve = ServeProcess { child, addr };
         let up = eventually(Duration::from_secs(20), || async {
             reqwest::get(format!("http://{addr}/healthz"))
                 .await
