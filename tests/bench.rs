@@ -54,6 +54,7 @@ fn bench_compares_every_configuration_and_writes_json_and_a_plot() {
             "regis lww, embedded bus, via RESP",
             "regis none, embedded bus, via RESP",
             "regis lww, embedded bus, via HTTP",
+            "regis none, embedded bus, via HTTP",
         ]
     );
     for row in rows {
@@ -108,4 +109,8 @@ fn bench_compares_every_configuration_and_writes_json_and_a_plot() {
         assert!(stdout.contains(&line), "{line} in the table:\n{stdout}");
     }
     assert!(stdout.contains("Targets"), "{stdout}");
+    assert!(
+        stdout.contains("| p50 × ceiling |"),
+        "latency ratios: {stdout}"
+    );
 }

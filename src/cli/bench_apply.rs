@@ -6,7 +6,9 @@
 //! the raw ceiling (plain pipelined SETs, `--batch` per pipeline), the `none` applier and the
 //! `lww` applier (batches of `--batch` messages, two concurrent consumers as a region's worker
 //! runs them). Then it writes `--memory-keys` distinct keys once plainly and once through
-//! `lww`, and reports `used_memory` per key for both.
+//! `lww`, and reports `used_memory` per key for both; and, for each shape of key the
+//! convergence metadata treats differently (a string with a TTL, collections, counters,
+//! removed members), the same comparison on up to 100,000 keys of that shape.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +155,140 @@ async fn through_applier(
     Ok(messages as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A shape of key whose `lww` metadata costs differ, as the messages that build one key.
+struct Shape {
+    label: &'static str,
+    /// The messages (one command each, as a producer sends them) that build key `key`.
+    messages: fn(key: &str, value: &Bytes) -> Vec<Vec<Bytes>>,
+}
+
+fn args(words: &[&str], value: &Bytes) -> Vec<Bytes> {
+    words
+        .iter()
+        .map(|w| {
+            if *w == "$v" {
+                value.clone()
+            } else {
+                Bytes::copy_from_slice(w.as_bytes())
+            }
+        })
+        .collect()
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        label: "string with a TTL (`SET k v EX 3600`)",
+        messages: |k, v| vec![args(&["SET", k, "$v", "EX", "3600"], v)],
+    },
+    Shape {
+        label: "hash of 5 fields (one `HSET`)",
+        messages: |k, v| {
+            vec![args(
+                &[
+                    "HSET", k, "f1", "$v", "f2", "$v", "f3", "$v", "f4", "$v", "f5", "$v",
+                ],
+                v,
+            )]
+        },
+    },
+    Shape {
+        label: "hash of 5 fields after 5 others were removed (`HDEL`)",
+        messages: |k, v| {
+            let mut words = vec!["HSET", k];
+            for f in ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10"] {
+                words.extend([f, "$v"]);
+            }
+            vec![
+                args(&words, v),
+                args(&["HDEL", k, "f6", "f7", "f8", "f9", "f10"], v),
+            ]
+        },
+    },
+    Shape {
+        label: "set of 5 members (one `SADD`)",
+        messages: |k, v| vec![args(&["SADD", k, "m1", "m2", "m3", "m4", "m5"], v)],
+    },
+    Shape {
+        label: "sorted set of 5 members (one `ZADD`)",
+        messages: |k, v| {
+            vec![args(
+                &[
+                    "ZADD", k, "1", "m1", "2", "m2", "3", "m3", "4", "m4", "5", "m5",
+                ],
+                v,
+            )]
+        },
+    },
+    Shape {
+        label: "counter after 10 `INCRBY`s",
+        messages: |k, v| (0..10).map(|_| args(&["INCRBY", k, "7"], v)).collect(),
+    },
+];
+
+/// Keys per shape in the shape memory runs.
+const SHAPE_KEYS: usize = 100_000;
+
+/// `used_memory` added by `keys` keys of `shape` applied under `mode`, per key.
+async fn shape_memory(
+    url: &str,
+    shape: &Shape,
+    mode: Convergence,
+    keys: usize,
+    batch: usize,
+    value: &Bytes,
+) -> anyhow::Result<f64> {
+    flush(&[url.to_string()]).await?;
+    let empty = used_memory(url).await?;
+    let clock = HybridClock::new(0, None);
+    let applier = Applier::new(mode, Duration::from_secs(4 * 24 * 3600));
+    let mut redis = RegionRedis::new(url, Duration::from_secs(30))?;
+    let now = crate::clock::now_ms();
+    // Message i of every key before message i + 1 of any: a key's messages apply in order.
+    let per_key: Vec<Vec<Vec<Bytes>>> = (0..keys)
+        .map(|k| (shape.messages)(&format!("shape:{k}"), value))
+        .collect();
+    let rounds = per_key.first().map_or(0, Vec::len);
+    for round in 0..rounds {
+        let mut envelopes = Vec::with_capacity(batch);
+        for messages in &per_key {
+            let command = crate::command::prepare(&messages[round], mode, now)
+                .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+            envelopes.push(Envelope {
+                id: MessageId::new(),
+                version: clock.issue(1),
+                published_at_us: now_us(),
+                db: 0,
+                commands: vec![command],
+            });
+            if envelopes.len() == batch {
+                apply_all(&applier, &mut redis, &envelopes).await?;
+                envelopes.clear();
+            }
+        }
+        apply_all(&applier, &mut redis, &envelopes).await?;
+    }
+    let added = used_memory(url).await?.saturating_sub(empty);
+    Ok(added as f64 / keys.max(1) as f64)
+}
+
+async fn apply_all(
+    applier: &Applier,
+    redis: &mut RegionRedis,
+    envelopes: &[Envelope],
+) -> anyhow::Result<()> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    for outcome in applier
+        .apply(redis, envelopes)
+        .await
+        .map_err(|f| anyhow::anyhow!("{f:?}"))?
+    {
+        outcome.map_err(|f| anyhow::anyhow!("{f:?}"))?;
+    }
+    Ok(())
+}
+
 /// Runs the suite and prints a report.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let redis = RedisProcess::start().context("cannot start redis-server")?;
@@ -222,6 +358,34 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let with_meta = used_memory(&url).await?.saturating_sub(empty);
     let per_key = |bytes: u64| bytes as f64 / args.memory_keys.max(1) as f64;
 
+    let shape_keys = args.memory_keys.min(SHAPE_KEYS);
+    let mut shapes = Vec::new();
+    for shape in SHAPES {
+        eprintln!(
+            "      memory: {shape_keys} keys of {}, plain and through lww ...",
+            shape.label
+        );
+        let plain = shape_memory(
+            &url,
+            shape,
+            Convergence::None,
+            shape_keys,
+            args.batch,
+            &value,
+        )
+        .await?;
+        let lww = shape_memory(
+            &url,
+            shape,
+            Convergence::Lww,
+            shape_keys,
+            args.batch,
+            &value,
+        )
+        .await?;
+        shapes.push((shape.label, plain, lww));
+    }
+
     println!();
     println!("| apply path (one Redis) | SETs/s | ratio to raw ceiling |");
     println!("|---|---:|---:|");
@@ -243,5 +407,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "| `lww` metadata overhead | {:.0} |",
         per_key(with_meta.saturating_sub(plain))
     );
+    println!();
+    println!(
+        "| memory by shape, {shape_keys} keys each, {}-byte values | plain bytes per key | through `lww` | `lww` metadata |",
+        args.value_size
+    );
+    println!("|---|---:|---:|---:|");
+    for (label, plain, lww) in shapes {
+        println!("| {label} | {plain:.0} | {lww:.0} | {:.0} |", lww - plain);
+    }
     Ok(())
 }
