@@ -324,7 +324,7 @@ async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_t
 ) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_millis(500), 5).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let request = MessageRequest {
@@ -451,7 +451,7 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing(
 async fn retries_never_dead_letter_but_a_worker_crashing_on_a_message_does(backend: Backend) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_millis(500), 3).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let request = MessageRequest {
@@ -558,7 +558,7 @@ async fn receive_at_least(
 async fn messages_appended_together_are_settled_one_by_one(backend: Backend) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_secs(5), 3).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let requests: Vec<MessageRequest> = (0..6)
@@ -893,6 +893,21 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
             422,
             "convergence = \\\"none\\\" accepts it",
         ),
+        // A database the hub does not accept: the limit is named, and what to do.
+        (
+            json!({"commands": [["SET", "k", "v"]], "db": 16})
+                .to_string()
+                .into_bytes(),
+            422,
+            "database 16 is out of range: this hub accepts databases 0 to 15",
+        ),
+        (
+            json!({"commands": [["SET", "k", "v"]], "db": 4_000_000_000u64})
+                .to_string()
+                .into_bytes(),
+            422,
+            "raise `databases`",
+        ),
         // One bad command refuses the whole message: its good command is not published.
         (
             json!({"commands": [["SET", "good", "1"], ["HSET", "h"]]})
@@ -924,6 +939,17 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
             "{shown}: {answer}"
         );
     }
+    // The hub's own publish API (what the RESP ingress and the Publisher use) refuses it too.
+    let refused = hub
+        .hub()
+        .publish(&MessageRequest {
+            commands: vec![vec!["SET".into(), "k".into(), "v".into()]],
+            db: 16,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "database_out_of_range", "{refused}");
+    assert!(refused.is_bad_input());
     let stats = hub.bus().stats().await.unwrap();
     assert_eq!(
         stats[0].depth + stats[0].in_flight,
@@ -1043,7 +1069,7 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
         },
     )
     .unwrap();
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let value = bytes::Bytes::from(vec![b'x'; 1000]);
@@ -1116,13 +1142,25 @@ async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one(backend: B
             {"commands": [["SET", "b1", "one"]]},
             {"commands": [["GET", "b1"]]},
             {"commands": [["HSET", "b2", "f", "v"], ["EXPIRE", "b2", 600]], "db": 0},
+            {"commands": [["SET", "b3", "x"]], "db": 16},
         ]})
         .to_string(),
     )
     .await;
     assert_eq!(status, 200, "{answer}");
     let results = answer["results"].as_array().unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
+    assert_eq!(
+        results[3]["error"]["code"], "database_out_of_range",
+        "{answer}"
+    );
+    assert!(
+        results[3]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("databases 0 to 15"),
+        "{answer}"
+    );
     assert!(
         results[0]["id"].is_string() && results[2]["id"].is_string(),
         "{answer}"

@@ -1217,7 +1217,7 @@ async fn publisher_refuses_a_message_for_an_unknown_db_alone() {
     let regions = regions(1);
     let data = tempfile::tempdir().unwrap();
     let (hub, addr) = resp_hub(&regions, data.path(), |config| {
-        config.resp.as_mut().unwrap().databases = 4;
+        config.databases = Some(4);
     })
     .await;
     let publisher = Publisher::connect(&format!("redis://{addr}"))

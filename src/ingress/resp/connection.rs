@@ -47,8 +47,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct Settings {
     /// Limits on one command.
     pub limits: Limits,
-    /// `SELECT` accepts `0..databases`.
-    pub databases: u32,
     /// Close a connection that sent nothing for this long; `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Connections at once.
@@ -527,13 +525,14 @@ impl Session {
         });
     }
 
-    fn select<P>(&mut self, args: &[Bytes], shared: &Shared<P>) -> Reply {
+    fn select<P: Publish>(&mut self, args: &[Bytes], shared: &Shared<P>) -> Reply {
         if args.len() != 2 {
             return wrong_arity("SELECT");
         }
         match parse_int(&args[1]) {
             None => not_integer(),
-            Some(db) if db < 0 || db >= i64::from(shared.settings.databases) => {
+            // The hub's range, so a connection can never hold a database it would refuse.
+            Some(db) if db < 0 || db >= i64::from(shared.hub.databases()) => {
                 Reply::err("DB index is out of range")
             }
             Some(db) => {
