@@ -14,7 +14,7 @@ use regis::bus::{Consume, DeadLetters, Publish, Selection, Settle, Stats};
 use regis::command::Convergence;
 use regis::envelope::Envelope;
 use regis::hub::{Hub, MessageRequest};
-use regis::redis_process::free_port;
+use regis::redis_process::{RedisProcess, free_port};
 use regis::snapshot::{Entry, Snapshot};
 use serde_json::json;
 
@@ -48,6 +48,7 @@ contract_suite!(
     retries_never_dead_letter_but_a_worker_crashing_on_a_message_does,
     messages_appended_together_are_settled_one_by_one,
     a_poison_message_inside_a_producers_batch_is_dead_lettered_alone,
+    a_message_for_a_database_a_region_lacks_is_dead_lettered_there_alone,
     regions_converge_although_messages_are_applied_again_out_of_order,
     kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing,
     bad_input_gets_a_clear_error_and_publishes_nothing,
@@ -701,6 +702,84 @@ async fn a_poison_message_inside_a_producers_batch_is_dead_lettered_alone(backen
         }));
     }
     assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+    shutdown(hub).await;
+}
+
+/// A region whose Redis has fewer databases than the hub accepts: a message for one it lacks
+/// cannot be applied there (its `SELECT` is refused). That failure is the message's alone: it
+/// is dead-lettered after `max_receives` while its batch neighbours, in its database's
+/// neighbours 0 and 1, are applied; the other region applies everything.
+async fn a_message_for_a_database_a_region_lacks_is_dead_lettered_there_alone(backend: Backend) {
+    let small = RedisProcess::start_with(&["--databases", "2"])
+        .unwrap_or_else(|err| panic!("test needs redis-server: {err}"));
+    let regions = vec![small, regions(1).remove(0)];
+    let env = Env::new(backend);
+    let config = env.config(&regions);
+    assert_eq!(config.databases(), 16, "the hub accepts database 5");
+    let hub = env.start_hub(&config).await;
+    let set = |key: String, db: u32| MessageRequest {
+        commands: vec![vec!["SET".into(), key.into(), "v".into()]],
+        db,
+    };
+    // One append, so the region's consumers lease the poison with its neighbours.
+    let requests: Vec<MessageRequest> = (0..40)
+        .map(|i| match i {
+            17 => set("far".into(), 5),
+            _ if i % 2 == 0 => set(format!("even{i}"), 0),
+            _ => set(format!("odd{i}"), 1),
+        })
+        .collect();
+    let published: Vec<_> = hub
+        .hub()
+        .publish_many(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.expect("published"))
+        .collect();
+
+    let dead = eventually(Duration::from_secs(20), || async {
+        hub.bus().stats().await.unwrap()[0].dead_letters == 1
+    })
+    .await;
+    assert!(dead, "{:?}", hub.bus().stats().await.unwrap());
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+    let letters = hub.bus().list("r0", 10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].id, published[17].id);
+    assert_eq!(letters[0].attempts, 3, "dead-lettered after max_receives");
+    assert!(
+        letters[0].last_error.contains("database 5")
+            && letters[0].last_error.contains("DB index is out of range"),
+        "{}",
+        letters[0].last_error
+    );
+    assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+
+    for (i, region) in regions.iter().enumerate() {
+        let db0 = Snapshot::read(&region.url(), 0).await.unwrap();
+        let db1 = Snapshot::read(&region.url(), 1).await.unwrap();
+        for n in (0..40).filter(|n| *n != 17) {
+            let (snap, key) = if n % 2 == 0 {
+                (&db0, format!("even{n}"))
+            } else {
+                (&db1, format!("odd{n}"))
+            };
+            assert_eq!(
+                snap.keys.get(key.as_bytes()).map(|e| &e.0),
+                Some(&Entry::String(b"v".to_vec())),
+                "region {i}: {key} applied"
+            );
+        }
+        assert!(
+            !db0.keys.contains_key(b"far".as_slice()) && !db1.keys.contains_key(b"far".as_slice())
+        );
+    }
+    let far = Snapshot::read(&regions[1].url(), 5).await.unwrap();
+    assert_eq!(
+        far.keys.get(b"far".as_slice()).map(|e| &e.0),
+        Some(&Entry::String(b"v".to_vec())),
+        "the region that has database 5 applied it"
+    );
     shutdown(hub).await;
 }
 
