@@ -972,6 +972,14 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
             422,
             "convergence = \\\"none\\\" accepts it",
         ),
+        // Regis's own metadata keys cannot be written by producers, at any key position.
+        (
+            json!({"commands": [["DEL", "a", "__regis:m:{a}"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "reserved for the convergence metadata",
+        ),
         // A database the hub does not accept: the limit is named, and what to do.
         (
             json!({"commands": [["SET", "k", "v"]], "db": 16})
