@@ -56,6 +56,12 @@ pub struct Config {
     /// own. Default 0.
     #[serde(default)]
     pub node_id: u16,
+    /// Databases a message may target: `0` to `databases - 1`, on every ingress (HTTP
+    /// `"db"`, RESP `SELECT`, the Rust `Publisher`); a message for another database is
+    /// refused at publish. Match your regions' Redis `databases` setting. Default 16
+    /// (`resp.databases`, its older spelling, is still read when this key is absent).
+    #[serde(default)]
+    pub databases: Option<u32>,
     /// How long version metadata (tombstones, counter records) is kept in each region after
     /// the write it describes. Must be at least `delivery.dead_letter_retention`, which is
     /// its default.
@@ -297,10 +303,10 @@ pub struct RespConfig {
     /// Longest inline command (and `*`/`$` count line), in bytes. Default 65536.
     #[serde(default = "default_resp_max_inline_bytes")]
     pub max_inline_bytes: usize,
-    /// `SELECT` accepts databases `0` to `databases - 1`; match your regions' Redis
-    /// `databases` setting. Default 16.
-    #[serde(default = "default_resp_databases")]
-    pub databases: u32,
+    /// Deprecated spelling of the top-level `databases` (which bounds every ingress, not
+    /// only `SELECT`); read only when the top-level key is absent. Default: none.
+    #[serde(default)]
+    pub databases: Option<u32>,
     /// PEM certificate chain; with `tls_key`, the listener speaks TLS only. Default: none.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
@@ -319,7 +325,7 @@ impl Default for RespConfig {
             max_bulk_bytes: None,
             max_array_len: default_resp_max_array_len(),
             max_inline_bytes: default_resp_max_inline_bytes(),
-            databases: default_resp_databases(),
+            databases: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -338,9 +344,8 @@ fn default_resp_max_array_len() -> usize {
 fn default_resp_max_inline_bytes() -> usize {
     65_536
 }
-fn default_resp_databases() -> u32 {
-    16
-}
+/// Databases a message may target when the config does not say: Redis's default.
+pub const DEFAULT_DATABASES: u32 = 16;
 
 /// `[delivery]`
 #[derive(Clone, Debug, Deserialize)]
@@ -504,6 +509,7 @@ impl Config {
             convergence: Convergence::default(),
             max_message_bytes: default_max_message_bytes(),
             node_id: 0,
+            databases: None,
             tombstone_ttl: None,
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -532,6 +538,14 @@ impl Config {
     pub fn tombstone_ttl(&self) -> Duration {
         self.tombstone_ttl
             .unwrap_or(self.delivery.dead_letter_retention)
+    }
+
+    /// Databases a message may target (`0..databases`): the top-level `databases`, else
+    /// `resp.databases`, else [`DEFAULT_DATABASES`].
+    pub fn databases(&self) -> u32 {
+        self.databases
+            .or(self.resp.as_ref().and_then(|resp| resp.databases))
+            .unwrap_or(DEFAULT_DATABASES)
     }
 
     /// Consumers for one region.
@@ -663,8 +677,25 @@ impl Config {
             nats.check()
                 .map_err(|(key, problem)| invalid(&format!("bus.{key}"), problem))?;
         }
+        if self.databases == Some(0) {
+            return Err(invalid(
+                "databases",
+                "must be at least 1 (database 0); match your regions' Redis `databases` setting"
+                    .into(),
+            ));
+        }
         if let Some(resp) = &self.resp {
             resp.check(self.max_message_bytes, &invalid)?;
+            if let (Some(top), Some(old)) = (self.databases, resp.databases)
+                && top != old
+            {
+                return Err(invalid(
+                    "resp.databases",
+                    format!(
+                        "is {old} but databases is {top}: remove resp.databases, the top-level databases now bounds every ingress"
+                    ),
+                ));
+            }
         }
         // Remote workers, auth, TLS and limits (issue 6).
         if let Some(auth) = &self.auth {
@@ -743,7 +774,7 @@ impl RespConfig {
                 "use 64 to 16777216".into(),
             ));
         }
-        if self.databases == 0 {
+        if self.databases == Some(0) {
             return Err(invalid("resp.databases", "must be at least 1".into()));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -838,6 +869,7 @@ mod tests {
     fn resp_section_defaults_and_checks() {
         assert!(parse(MINIMAL).unwrap().resp.is_none(), "off unless present");
         let c = parse(&format!("[resp]\n{MINIMAL}")).unwrap();
+        assert_eq!(c.databases(), 16);
         let resp = c.resp.unwrap();
         assert_eq!(resp.listen.to_string(), "127.0.0.1:6380");
         assert_eq!(resp.max_connections, 10_000);
@@ -845,7 +877,7 @@ mod tests {
         assert_eq!(resp.max_bulk_bytes(c.max_message_bytes), 262_144);
         assert_eq!(resp.max_array_len, 65_536);
         assert_eq!(resp.max_inline_bytes, 65_536);
-        assert_eq!(resp.databases, 16);
+        assert_eq!(resp.databases, None);
         assert!(resp.password.is_none() && resp.tls_cert.is_none());
 
         for (section, key) in [
@@ -866,6 +898,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("port"), "{unknown}");
+    }
+
+    #[test]
+    fn databases_bound_every_ingress_and_read_the_old_key() {
+        assert_eq!(parse(MINIMAL).unwrap().databases(), 16);
+        let top = parse(&format!("databases = 4\n{MINIMAL}")).unwrap();
+        assert_eq!(top.databases(), 4, "without [resp] too");
+        let old = parse(&format!("[resp]\ndatabases = 2\n{MINIMAL}")).unwrap();
+        assert_eq!(old.databases(), 2, "the older spelling still counts");
+        let same = parse(&format!("databases = 2\n[resp]\ndatabases = 2\n{MINIMAL}")).unwrap();
+        assert_eq!(same.databases(), 2);
+        let zero = parse(&format!("databases = 0\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            zero.contains("`databases`") && zero.contains("at least 1"),
+            "{zero}"
+        );
+        let conflict = parse(&format!("databases = 4\n[resp]\ndatabases = 2\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            conflict.contains("`resp.databases`") && conflict.contains("remove resp.databases"),
+            "{conflict}"
+        );
     }
 
     #[test]

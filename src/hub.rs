@@ -4,7 +4,9 @@
 //! [`Hub::publish`]: each command is checked and made canonical by
 //! [`crate::command::prepare`], the message gets an id and a version from the hub's
 //! [`HybridClock`], and the call returns only once the bus has it on stable storage.
-//! A request that is refused publishes nothing.
+//! A request that is refused publishes nothing. The hub is also where a message's database
+//! is checked against the configured `databases`, so no ingress can publish a message that
+//! no region could apply.
 
 use std::sync::Arc;
 
@@ -30,6 +32,17 @@ pub enum PublishError {
     /// The message has no commands.
     #[error("a message needs at least one command")]
     Empty,
+    /// The message targets a database the hub does not accept.
+    #[error(
+        "database {db} is out of range: this hub accepts databases 0 to {max} (databases = {databases} in its config); publish to one of those, or raise `databases` in the hub's config if every region's Redis has more",
+        max = .databases.saturating_sub(1)
+    )]
+    DatabaseOutOfRange {
+        /// The database the message asked for.
+        db: u32,
+        /// How many databases the hub accepts (`0..databases`).
+        databases: u32,
+    },
     /// Above `max_message_bytes`.
     #[error("{0}")]
     TooLarge(#[from] TooLarge),
@@ -44,6 +57,7 @@ impl PublishError {
         match self {
             PublishError::Refused { refusal, .. } => refusal.code(),
             PublishError::Empty => "empty_message",
+            PublishError::DatabaseOutOfRange { .. } => "database_out_of_range",
             PublishError::TooLarge(_) => "too_large",
             PublishError::Bus(_) => "unavailable",
         }
@@ -79,15 +93,18 @@ pub struct Hub<P> {
     clock: HybridClock,
     mode: Convergence,
     max_message_bytes: usize,
+    databases: u32,
 }
 
 impl<P: Publish> Hub<P> {
     /// A hub publishing to `bus`; its clock is seeded above everything the bus holds.
+    /// Messages may target databases `0..databases`.
     pub async fn new(
         bus: P,
         node_id: u16,
         mode: Convergence,
         max_message_bytes: usize,
+        databases: u32,
     ) -> Result<Arc<Self>, BusError> {
         let seed = bus.high_water().await?;
         Ok(Arc::new(Hub {
@@ -95,7 +112,13 @@ impl<P: Publish> Hub<P> {
             clock: HybridClock::new(node_id, seed),
             mode,
             max_message_bytes,
+            databases,
         }))
+    }
+
+    /// How many databases messages may target (`0..databases`).
+    pub fn databases(&self) -> u32 {
+        self.databases
     }
 
     /// The convergence mode commands are checked against.
@@ -112,6 +135,12 @@ impl<P: Publish> Hub<P> {
     pub fn prepare(&self, request: &MessageRequest) -> Result<Outgoing, PublishError> {
         if request.commands.is_empty() {
             return Err(PublishError::Empty);
+        }
+        if request.db >= self.databases {
+            return Err(PublishError::DatabaseOutOfRange {
+                db: request.db,
+                databases: self.databases,
+            });
         }
         let now_us = now_us();
         let now = now_us / 1000;

@@ -128,6 +128,7 @@ impl<B: Bus> Server<B> {
             config.node_id,
             config.convergence,
             config.max_message_bytes,
+            config.databases(),
         )
         .await?;
         let applier = Applier::new(config.convergence, config.tombstone_ttl());

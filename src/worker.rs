@@ -5,14 +5,18 @@
 //! costs nothing), decode them, apply the batch in one round trip, settle each message:
 //!
 //! * applied → `Ack`;
-//! * the command failed (`WRONGTYPE`, syntax) → `Retry` with exponential backoff and jitter,
-//!   and `DeadLetter` once it has been received `max_receives` times — the others in the
-//!   batch are settled on their own, so one poison message never holds them up;
-//! * the Redis could not be reached → every message `Retry`, then the consumer waits for the
-//!   Redis to answer `PING` (backing off up to `retry_backoff_max`, or until the region's
-//!   health probe sees it answer) before it leases more.
-//!   The region's backlog stays on the bus and drains when the Redis returns; outages never
-//!   count towards dead-lettering.
+//! * the command failed (`WRONGTYPE`, syntax, a database the region's Redis does not have)
+//!   → `Retry` after [`retry_delay`] (exponential in the message's receive count, with
+//!   jitter), and `DeadLetter` once it has been received `max_receives` times — the others
+//!   in the batch are settled on their own, so one poison message never holds them up;
+//! * the message met a transient failure of its own (`OOM`, `BUSY`, … for it or its
+//!   database) → `Retry` after [`retry_delay`], never dead-lettered;
+//! * the Redis could not be reached at all → every message `Retry` after `retry_backoff`,
+//!   then the consumer waits for the Redis to answer `PING` (backing off up to
+//!   `retry_backoff_max`, or until the region's health probe sees it answer) before it
+//!   leases more. The consumer does the backing off here, not the messages, so the
+//!   region's backlog drains as soon as the Redis returns; outages never count towards
+//!   dead-lettering.
 //!
 //! On shutdown a consumer stops leasing, finishes and settles the batch in hand, and exits.
 
@@ -108,6 +112,25 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     half + Duration::from_nanos(rand::random_range(
         0..=half.as_nanos().min(u64::MAX as u128) as u64,
     ))
+}
+
+/// How long a message that was not applied waits before it is delivered again, on its
+/// `receive_count`-th receive: `retry_backoff × 2^(receive_count-1)`, capped at
+/// `retry_backoff_max`, with jitter ([`backoff`]) — when the failure was the message's own
+/// (`outage` false). During an outage of the region's Redis (`outage` true) it is
+/// `retry_backoff`: the consumer itself then waits for the Redis to answer, so the backlog
+/// is not held back once it does, and receives counted during an outage do not inflate the
+/// message's later delays.
+pub fn retry_delay(settings: &WorkerSettings, receive_count: u32, outage: bool) -> Duration {
+    if outage {
+        settings.retry_backoff
+    } else {
+        backoff(
+            settings.retry_backoff,
+            settings.retry_backoff_max,
+            receive_count,
+        )
+    }
 }
 
 /// Starts `settings.concurrency` consumers for one region, and the probe that keeps
@@ -234,7 +257,9 @@ impl<C: Consume> Consumer<C> {
                             commands += envelope.commands.len() as u64;
                             settlements.push((delivery.receipt.clone(), Settle::Ack));
                         }
-                        Err(failure) => settlements.push(self.failed(delivery, envelope, failure)),
+                        Err(failure) => {
+                            settlements.push(self.failed(delivery, envelope, failure, false))
+                        }
                     }
                 }
                 self.latency.record_many(latencies.iter().copied());
@@ -261,6 +286,7 @@ impl<C: Consume> Consumer<C> {
                         delivery,
                         envelope,
                         Failure::Transient(failure.message().to_string()),
+                        true,
                     );
                     settlements.push(settle);
                 }
@@ -270,15 +296,18 @@ impl<C: Consume> Consumer<C> {
         outage
     }
 
-    /// The settle for a message that was not applied.
+    /// The settle for a message that was not applied; `outage` when the region's Redis as a
+    /// whole could not be reached.
     fn failed(
         &self,
         delivery: &Delivery,
         envelope: &Envelope,
         failure: Failure,
+        outage: bool,
     ) -> (Receipt, Settle) {
         let region = self.settings.region.as_str();
         let attempt = delivery.receive_count;
+        let after = retry_delay(&self.settings, attempt, outage);
         let settle = match &failure {
             Failure::Permanent(reason) if attempt >= self.settings.max_receives => {
                 Settle::DeadLetter {
@@ -291,11 +320,6 @@ impl<C: Consume> Consumer<C> {
                     transient: false,
                 }
                 .emit();
-                let after = backoff(
-                    self.settings.retry_backoff,
-                    self.settings.retry_backoff_max,
-                    attempt,
-                );
                 tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, retry_in = ?after, "message failed; will retry");
                 Settle::Retry {
                     after,
@@ -308,9 +332,13 @@ impl<C: Consume> Consumer<C> {
                     transient: true,
                 }
                 .emit();
-                tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, "region unavailable; message will be retried");
+                if outage {
+                    tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, "region unavailable; message will be retried");
+                } else {
+                    tracing::warn!(message_id = %envelope.id, region, attempt, error = %reason, retry_in = ?after, "message met a transient failure; will retry");
+                }
                 Settle::Retry {
-                    after: self.settings.retry_backoff,
+                    after,
                     reason: reason.clone(),
                 }
             }
@@ -396,5 +424,66 @@ mod tests {
             );
         }
         assert!(backoff(base, max, 40) >= Duration::from_secs(15));
+    }
+
+    fn settings(base_ms: u64, max_ms: u64) -> WorkerSettings {
+        WorkerSettings {
+            region: "r".into(),
+            redis_url: "redis://127.0.0.1:1".into(),
+            concurrency: 1,
+            batch_size: 1,
+            redis_timeout: Duration::from_secs(1),
+            max_receives: 5,
+            retry_backoff: Duration::from_millis(base_ms),
+            retry_backoff_max: Duration::from_millis(max_ms),
+        }
+    }
+
+    #[test]
+    fn a_messages_own_failures_back_off_with_its_receive_count() {
+        let s = settings(100, 30_000);
+        let ms = Duration::from_millis;
+        // receive 1: [50, 100] ms; 2: [100, 200]; 3: [200, 400]; ... capped at [15, 30] s.
+        for (receive, full) in [
+            (1, ms(100)),
+            (2, ms(200)),
+            (3, ms(400)),
+            (4, ms(800)),
+            (9, ms(25_600)),
+            (10, ms(30_000)),
+            (50, ms(30_000)),
+            (u32::MAX, ms(30_000)),
+        ] {
+            for _ in 0..50 {
+                let d = retry_delay(&s, receive, false);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "receive {receive}: {d:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
+            }
+        }
+        // Receive 0 (never delivered, as a redriven count might say) is the first delay.
+        assert!(retry_delay(&s, 0, false) <= ms(100));
+        // The delays jitter: 50 draws of the third receive are not all the same.
+        let draws: std::collections::HashSet<Duration> =
+            (0..50).map(|_| retry_delay(&s, 3, false)).collect();
+        assert!(draws.len() > 1, "{draws:?}");
+        // They grow: the mean of each receive's draws is above the previous one's.
+        let mean = |receive| {
+            (0..200)
+                .map(|_| retry_delay(&s, receive, false))
+                .sum::<Duration>()
+                / 200
+        };
+        assert!(mean(2) > mean(1) && mean(3) > mean(2) && mean(6) > mean(5));
+    }
+
+    #[test]
+    fn an_outage_retries_messages_after_the_base_delay_whatever_their_count() {
+        let s = settings(100, 30_000);
+        for receive in [1, 2, 10, 1000] {
+            assert_eq!(retry_delay(&s, receive, true), Duration::from_millis(100));
+        }
     }
 }

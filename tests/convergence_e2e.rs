@@ -375,7 +375,7 @@ async fn versions_keep_increasing_across_a_hub_restart_even_when_the_clock_is_be
         bus.close().await;
     }
     let bus = EmbeddedBus::open(data.path(), &regions, options).unwrap();
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let request = MessageRequest {

@@ -14,7 +14,7 @@ use regis::bus::{Consume, DeadLetters, Publish, Selection, Settle, Stats};
 use regis::command::Convergence;
 use regis::envelope::Envelope;
 use regis::hub::{Hub, MessageRequest};
-use regis::redis_process::free_port;
+use regis::redis_process::{RedisProcess, free_port};
 use regis::snapshot::{Entry, Snapshot};
 use serde_json::json;
 
@@ -48,6 +48,7 @@ contract_suite!(
     retries_never_dead_letter_but_a_worker_crashing_on_a_message_does,
     messages_appended_together_are_settled_one_by_one,
     a_poison_message_inside_a_producers_batch_is_dead_lettered_alone,
+    a_message_for_a_database_a_region_lacks_is_dead_lettered_there_alone,
     regions_converge_although_messages_are_applied_again_out_of_order,
     kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing,
     bad_input_gets_a_clear_error_and_publishes_nothing,
@@ -324,7 +325,7 @@ async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_t
 ) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_millis(500), 5).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let request = MessageRequest {
@@ -451,7 +452,7 @@ async fn kill_9_of_the_hub_loses_nothing_acknowledged_and_versions_keep_growing(
 async fn retries_never_dead_letter_but_a_worker_crashing_on_a_message_does(backend: Backend) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_millis(500), 3).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let request = MessageRequest {
@@ -558,7 +559,7 @@ async fn receive_at_least(
 async fn messages_appended_together_are_settled_one_by_one(backend: Backend) {
     let env = Env::new(backend);
     let bus = env.bus_with(&["r0"], Duration::from_secs(5), 3).await;
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let requests: Vec<MessageRequest> = (0..6)
@@ -701,6 +702,84 @@ async fn a_poison_message_inside_a_producers_batch_is_dead_lettered_alone(backen
         }));
     }
     assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+    shutdown(hub).await;
+}
+
+/// A region whose Redis has fewer databases than the hub accepts: a message for one it lacks
+/// cannot be applied there (its `SELECT` is refused). That failure is the message's alone: it
+/// is dead-lettered after `max_receives` while its batch neighbours, in its database's
+/// neighbours 0 and 1, are applied; the other region applies everything.
+async fn a_message_for_a_database_a_region_lacks_is_dead_lettered_there_alone(backend: Backend) {
+    let small = RedisProcess::start_with(&["--databases", "2"])
+        .unwrap_or_else(|err| panic!("test needs redis-server: {err}"));
+    let regions = vec![small, regions(1).remove(0)];
+    let env = Env::new(backend);
+    let config = env.config(&regions);
+    assert_eq!(config.databases(), 16, "the hub accepts database 5");
+    let hub = env.start_hub(&config).await;
+    let set = |key: String, db: u32| MessageRequest {
+        commands: vec![vec!["SET".into(), key.into(), "v".into()]],
+        db,
+    };
+    // One append, so the region's consumers lease the poison with its neighbours.
+    let requests: Vec<MessageRequest> = (0..40)
+        .map(|i| match i {
+            17 => set("far".into(), 5),
+            _ if i % 2 == 0 => set(format!("even{i}"), 0),
+            _ => set(format!("odd{i}"), 1),
+        })
+        .collect();
+    let published: Vec<_> = hub
+        .hub()
+        .publish_many(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.expect("published"))
+        .collect();
+
+    let dead = eventually(Duration::from_secs(20), || async {
+        hub.bus().stats().await.unwrap()[0].dead_letters == 1
+    })
+    .await;
+    assert!(dead, "{:?}", hub.bus().stats().await.unwrap());
+    assert!(drained(hub.bus(), Duration::from_secs(20)).await);
+    let letters = hub.bus().list("r0", 10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].id, published[17].id);
+    assert_eq!(letters[0].attempts, 3, "dead-lettered after max_receives");
+    assert!(
+        letters[0].last_error.contains("database 5")
+            && letters[0].last_error.contains("DB index is out of range"),
+        "{}",
+        letters[0].last_error
+    );
+    assert_eq!(hub.bus().stats().await.unwrap()[1].dead_letters, 0);
+
+    for (i, region) in regions.iter().enumerate() {
+        let db0 = Snapshot::read(&region.url(), 0).await.unwrap();
+        let db1 = Snapshot::read(&region.url(), 1).await.unwrap();
+        for n in (0..40).filter(|n| *n != 17) {
+            let (snap, key) = if n % 2 == 0 {
+                (&db0, format!("even{n}"))
+            } else {
+                (&db1, format!("odd{n}"))
+            };
+            assert_eq!(
+                snap.keys.get(key.as_bytes()).map(|e| &e.0),
+                Some(&Entry::String(b"v".to_vec())),
+                "region {i}: {key} applied"
+            );
+        }
+        assert!(
+            !db0.keys.contains_key(b"far".as_slice()) && !db1.keys.contains_key(b"far".as_slice())
+        );
+    }
+    let far = Snapshot::read(&regions[1].url(), 5).await.unwrap();
+    assert_eq!(
+        far.keys.get(b"far".as_slice()).map(|e| &e.0),
+        Some(&Entry::String(b"v".to_vec())),
+        "the region that has database 5 applied it"
+    );
     shutdown(hub).await;
 }
 
@@ -893,6 +972,29 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
             422,
             "convergence = \\\"none\\\" accepts it",
         ),
+        // Regis's own metadata keys cannot be written by producers, at any key position.
+        (
+            json!({"commands": [["DEL", "a", "__regis:m:{a}"]]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "reserved for the convergence metadata",
+        ),
+        // A database the hub does not accept: the limit is named, and what to do.
+        (
+            json!({"commands": [["SET", "k", "v"]], "db": 16})
+                .to_string()
+                .into_bytes(),
+            422,
+            "database 16 is out of range: this hub accepts databases 0 to 15",
+        ),
+        (
+            json!({"commands": [["SET", "k", "v"]], "db": 4_000_000_000u64})
+                .to_string()
+                .into_bytes(),
+            422,
+            "raise `databases`",
+        ),
         // One bad command refuses the whole message: its good command is not published.
         (
             json!({"commands": [["SET", "good", "1"], ["HSET", "h"]]})
@@ -924,6 +1026,17 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing(backend: Backend) {
             "{shown}: {answer}"
         );
     }
+    // The hub's own publish API (what the RESP ingress and the Publisher use) refuses it too.
+    let refused = hub
+        .hub()
+        .publish(&MessageRequest {
+            commands: vec![vec!["SET".into(), "k".into(), "v".into()]],
+            db: 16,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "database_out_of_range", "{refused}");
+    assert!(refused.is_bad_input());
     let stats = hub.bus().stats().await.unwrap();
     assert_eq!(
         stats[0].depth + stats[0].in_flight,
@@ -1043,7 +1156,7 @@ async fn settled_messages_are_collected_so_the_file_does_not_grow() {
         },
     )
     .unwrap();
-    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20)
+    let hub = Hub::new(bus.clone(), 0, Convergence::Lww, 1 << 20, 16)
         .await
         .unwrap();
     let value = bytes::Bytes::from(vec![b'x'; 1000]);
@@ -1116,13 +1229,25 @@ async fn a_batch_publishes_each_good_message_and_refuses_each_bad_one(backend: B
             {"commands": [["SET", "b1", "one"]]},
             {"commands": [["GET", "b1"]]},
             {"commands": [["HSET", "b2", "f", "v"], ["EXPIRE", "b2", 600]], "db": 0},
+            {"commands": [["SET", "b3", "x"]], "db": 16},
         ]})
         .to_string(),
     )
     .await;
     assert_eq!(status, 200, "{answer}");
     let results = answer["results"].as_array().unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
+    assert_eq!(
+        results[3]["error"]["code"], "database_out_of_range",
+        "{answer}"
+    );
+    assert!(
+        results[3]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("databases 0 to 15"),
+        "{answer}"
+    );
     assert!(
         results[0]["id"].is_string() && results[2]["id"].is_string(),
         "{answer}"

@@ -283,9 +283,15 @@ async fn acknowledged_messages_leave_the_topic_stream() {
     let bus = env
         .bus_with(&["r0", "r1"], Duration::from_secs(30), 5)
         .await;
-    let hub = regis::hub::Hub::new(bus.clone(), 0, regis::command::Convergence::Lww, 1 << 20)
-        .await
-        .unwrap();
+    let hub = regis::hub::Hub::new(
+        bus.clone(),
+        0,
+        regis::command::Convergence::Lww,
+        1 << 20,
+        16,
+    )
+    .await
+    .unwrap();
     let requests: Vec<regis::hub::MessageRequest> = (0..1000)
         .map(|i| regis::hub::MessageRequest {
             commands: vec![vec!["SET".into(), format!("k{i}").into(), "v".into()]],

@@ -586,6 +586,111 @@ async fn python_client_pipeline_and_transaction() {
 
 // --- MULTI/EXEC ---------------------------------------------------------------------------
 
+/// Sends `command` `times` times, in pipelines of at most 1000, reading the replies as it
+/// goes (so neither side's socket buffer fills); returns the index and text of every reply
+/// other than `+QUEUED`.
+async fn queue_many(raw: &mut Raw, command: &[u8], times: usize) -> Vec<(usize, String)> {
+    let mut other = Vec::new();
+    let mut sent = 0;
+    while sent < times {
+        let n = (times - sent).min(1000);
+        raw.send(&command.repeat(n)).await;
+        for i in sent..sent + n {
+            let reply = raw.reply().await;
+            if reply != "+QUEUED\r\n" {
+                other.push((i, reply));
+            }
+        }
+        sent += n;
+    }
+    other
+}
+
+/// An endless `MULTI` must not grow the hub's memory: the queued commands and the queued
+/// `PING`/`ECHO` replies together are bounded in bytes (`max_message_bytes`) and in count
+/// (`MAX_QUEUED`); the command that crosses a bound is refused, later ones are not stored,
+/// and `EXEC` aborts saying why. Nothing of the transaction is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_transaction_is_bounded_and_aborts_with_the_reason() {
+    let regions = regions(1);
+    let data = tempfile::tempdir().unwrap();
+    let (hub, addr) = resp_hub(&regions, data.path(), |config| {
+        config.max_message_bytes = 4096;
+    })
+    .await;
+    let mut raw = Raw::connect(addr).await;
+
+    // Bytes: a write, then ECHOs of 100 bytes — about 1 MB of them, 250 times the bound.
+    raw.send(b"MULTI\r\nSET t 1\r\n").await;
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "+QUEUED\r\n");
+    let echo = format!("ECHO {}\r\n", "x".repeat(100));
+    let refused = queue_many(&mut raw, echo.as_bytes(), 10_000).await;
+    assert_eq!(refused.len(), 1, "one refusal, then QUEUED: {refused:?}");
+    let (at, why) = &refused[0];
+    assert!(
+        (30..40).contains(at),
+        "refused at the ECHO that crosses 4096 bytes, not {at}"
+    );
+    assert!(
+        why.starts_with("-ERR this transaction would exceed 4096 bytes")
+            && why.contains("max_message_bytes"),
+        "{why}"
+    );
+    raw.send(b"EXEC\r\n").await;
+    let exec = raw.reply().await;
+    assert!(
+        exec.starts_with(
+            "-EXECABORT Transaction discarded because of previous errors: this transaction would exceed 4096 bytes"
+        ),
+        "{exec}"
+    );
+
+    // Count: PINGs cost little, so a large max_message_bytes leaves the count to bite.
+    let data = tempfile::tempdir().unwrap();
+    let (roomy, roomy_addr) = resp_hub(&regions, data.path(), |config| {
+        config.max_message_bytes = 64 * 1024 * 1024;
+    })
+    .await;
+    let mut many = Raw::connect(roomy_addr).await;
+    many.send(b"MULTI\r\n").await;
+    assert_eq!(many.reply().await, "+OK\r\n");
+    let max = regis::ingress::resp::connection::MAX_QUEUED;
+    let refused = queue_many(&mut many, b"PING\r\n", max + 100).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, max, "the first entry past {max} is refused");
+    assert!(
+        refused[0]
+            .1
+            .starts_with(&format!("-ERR this transaction already holds {max}")),
+        "{}",
+        refused[0].1
+    );
+    many.send(b"SET u 1\r\nEXEC\r\n").await;
+    assert_eq!(many.reply().await, "+QUEUED\r\n");
+    assert!(
+        many.reply()
+            .await
+            .starts_with("-EXECABORT Transaction discarded because of previous errors: this transaction already holds"),
+    );
+
+    // Both connections still work, and nothing of either transaction was published.
+    raw.send(b"SET after 1\r\n").await;
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    converges(&regions, 0, &[(&["GET", "after"], "1")]).await;
+    many.send(b"MULTI\r\nPING\r\nEXEC\r\n").await;
+    assert_eq!(many.reply().await, "+OK\r\n");
+    assert_eq!(many.reply().await, "+QUEUED\r\n");
+    assert_eq!(many.reply().await, "*1\r\n+PONG\r\n");
+    assert!(drained(hub.bus(), Duration::from_secs(10)).await);
+    assert!(drained(roomy.bus(), Duration::from_secs(10)).await);
+    for key in ["t", "u"] {
+        assert_eq!(region_query(&regions[0], 0, &["EXISTS", key]).await, "0");
+    }
+    roomy.shutdown().await;
+    hub.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_exec_is_one_message_answered_after_it_is_durable() {
     let regions = regions(2);
@@ -1217,7 +1322,7 @@ async fn publisher_refuses_a_message_for_an_unknown_db_alone() {
     let regions = regions(1);
     let data = tempfile::tempdir().unwrap();
     let (hub, addr) = resp_hub(&regions, data.path(), |config| {
-        config.resp.as_mut().unwrap().databases = 4;
+        config.databases = Some(4);
     })
     .await;
     let publisher = Publisher::connect(&format!("redis://{addr}"))

@@ -36,7 +36,7 @@ fn parse_pieces(pieces: &[&[u8]]) -> Outcome {
             match parser.parse(&mut buf, &LIMITS) {
                 Ok(Some(args)) => {
                     assert!(!args.is_empty());
-                    assert!(args.len() <= LIMITS.max_array_len.max(LIMITS.max_inline_bytes));
+                    assert!(args.len() <= LIMITS.max_array_len);
                     assert!(args.iter().map(|a| a.len()).sum::<usize>() <= LIMITS.max_payload_bytes.max(LIMITS.max_inline_bytes));
                     commands.push(args.iter().map(|a| a.to_vec()).collect());
                 }

@@ -42,13 +42,19 @@ const TRANSIENT_CODES: &[&str] = &[
     "BUSYKEY",
 ];
 
+/// `-ERR max number of clients reached`: the region's Redis is full for now, whatever the
+/// message; an `ERR` that must not count towards dead-lettering.
+fn too_many_clients(text: &str) -> bool {
+    text.contains("max number of clients reached")
+}
+
 /// Classifies an error the server returned for one command.
 pub fn classify_server(error: &ServerError) -> Failure {
     let text = match error.details() {
         Some(details) => format!("{} {}", error.code(), details),
         None => error.code().to_string(),
     };
-    if TRANSIENT_CODES.contains(&error.code()) {
+    if TRANSIENT_CODES.contains(&error.code()) || too_many_clients(&text) {
         Failure::Transient(text)
     } else {
         Failure::Permanent(text)
@@ -67,7 +73,8 @@ pub fn classify(error: &RedisError) -> Failure {
         // The whole request was refused by the server: classify by its code.
         Some(code)
             if !TRANSIENT_CODES.contains(&code)
-                && error.kind() != redis::ErrorKind::AuthenticationFailed =>
+                && error.kind() != redis::ErrorKind::AuthenticationFailed
+                && !too_many_clients(&error.to_string()) =>
         {
             if code == "NOAUTH" || code == "WRONGPASS" || code == "NOPERM" {
                 Failure::Transient(format!(
@@ -80,5 +87,38 @@ pub fn classify(error: &RedisError) -> Failure {
         // I/O, timeouts, refused connections, authentication, protocol surprises: the region
         // is unreachable as far as this batch is concerned.
         _ => Failure::Transient(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+
+    fn refused(description: &'static str, detail: &str) -> RedisError {
+        RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            description,
+            detail.to_string(),
+        ))
+    }
+
+    #[test]
+    fn a_refused_select_is_the_messages_fault_and_a_full_server_is_not() {
+        // What redis-rs reports when a connection's SELECT is refused: the database does not
+        // exist there, and retrying changes nothing.
+        let select = classify(&refused(
+            "Redis server refused to switch database",
+            "DB index is out of range",
+        ));
+        assert!(matches!(select, Failure::Permanent(_)), "{select:?}");
+        assert!(select.message().contains("DB index is out of range"));
+        // A Redis at its client limit will take the message later.
+        let full = classify(&refused("", "max number of clients reached"));
+        assert!(matches!(full, Failure::Transient(_)), "{full:?}");
+        let io = classify(&RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(matches!(io, Failure::Transient(_)), "{io:?}");
     }
 }

@@ -31,8 +31,9 @@ use crate::clock::{Version, now_ms};
 use crate::command::{Op, Ttl};
 use crate::envelope::Envelope;
 
-/// Prefix of every key Regis writes for itself; `verify` skips these keys.
-pub const META_PREFIX: &[u8] = b"__regis:";
+/// Prefix of every key Regis writes for itself; `verify` skips these keys, and the ingress
+/// refuses commands that write one ([`crate::command::RESERVED_KEY_PREFIX`]).
+pub const META_PREFIX: &[u8] = crate::command::RESERVED_KEY_PREFIX;
 
 /// The batch script, compiled once per process.
 fn script() -> &'static Script {

@@ -3,7 +3,9 @@
 //! [`RegionRedis`] owns the connections to a region's Redis (one per database a message
 //! targets, created lazily so a region that is down at start-up is not an error).
 //! [`Applier`] applies a batch of decoded messages and reports one outcome per message, or a
-//! failure of the whole batch when the Redis could not be reached. How commands are applied
+//! failure of the whole batch when the Redis could not be reached. A failure that concerns
+//! one database only (the region's Redis has no such database) is an outcome of that
+//! database's messages, never of the batch. How commands are applied
 //! depends on the convergence mode: [`raw`] for `none`, [`lww`] for `lww`.
 
 pub mod failure;
@@ -107,6 +109,13 @@ impl Applier {
 
     /// Applies `batch` to the region. `Err` means nothing can be said of any message (the
     /// Redis is unreachable); otherwise each message has its own outcome.
+    ///
+    /// Messages are applied one database at a time, and a failure of one database's round
+    /// trip belongs to that database's messages alone: a database the region's Redis does
+    /// not have (`SELECT` refused) fails its messages permanently, so they are dead-lettered
+    /// after `max_receives` like any poison, while the other databases' messages are applied.
+    /// Only when no database got an answer from the Redis, and at least one failure says
+    /// "not now", is the batch's failure the region's (an outage).
     pub async fn apply(
         &self,
         redis: &mut RegionRedis,
@@ -121,20 +130,56 @@ impl Applier {
                 None => groups.push((envelope.db, vec![i])),
             }
         }
+        // Whether the Redis answered anything (a permanent failure is an answer too).
+        let mut answered = false;
+        let mut unreachable: Option<Failure> = None;
         for (db, members) in groups {
-            let mut conn = redis.connection(db)?;
             let group: Vec<&Envelope> = members.iter().map(|&i| &batch[i]).collect();
-            let results = match self.mode {
-                Convergence::None => raw::apply(&mut conn, &group).await?,
-                Convergence::Lww => self.lww.apply(&mut conn, &group).await?,
-            };
-            for (i, result) in members.into_iter().zip(results) {
-                outcomes[i] = Some(result);
+            match self.apply_database(redis, db, &group).await {
+                Ok(results) => {
+                    answered = true;
+                    for (i, result) in members.into_iter().zip(results) {
+                        outcomes[i] = Some(result);
+                    }
+                }
+                Err(failure) => {
+                    let failure = match failure {
+                        Failure::Permanent(reason) => {
+                            answered = true;
+                            Failure::Permanent(format!("database {db}: {reason}"))
+                        }
+                        transient => {
+                            unreachable.get_or_insert_with(|| transient.clone());
+                            transient
+                        }
+                    };
+                    for i in members {
+                        outcomes[i] = Some(Err(failure.clone()));
+                    }
+                }
             }
+        }
+        if !answered && let Some(failure) = unreachable {
+            return Err(failure);
         }
         Ok(outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(Failure::Transient("not applied".into()))))
             .collect())
+    }
+
+    /// Applies the messages of one database in one round trip; `Err` when the round trip as
+    /// a whole failed (the connection, its `SELECT`, or the request).
+    async fn apply_database(
+        &self,
+        redis: &mut RegionRedis,
+        db: u32,
+        group: &[&Envelope],
+    ) -> Result<Outcomes, Failure> {
+        let mut conn = redis.connection(db)?;
+        match self.mode {
+            Convergence::None => raw::apply(&mut conn, group).await,
+            Convergence::Lww => self.lww.apply(&mut conn, group).await,
+        }
     }
 }

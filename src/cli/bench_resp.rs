@@ -110,6 +110,7 @@ pub async fn run(args: BenchRespArgs) -> anyhow::Result<()> {
             0,
             args.convergence,
             crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
+            crate::config::DEFAULT_DATABASES,
         )
         .await?;
         let resp = RespServer::start(&local_resp(), hub).await?;

@@ -10,6 +10,10 @@
 //! writes (list pushes, `APPEND`, `SET NX`, …) are refused because no version order can make
 //! them converge; `convergence = "none"` passes them through.
 //!
+//! Keys starting with [`RESERVED_KEY_PREFIX`] (`__regis:`) hold Regis's own convergence
+//! metadata in every region, so no command may write one, in any mode and at any key
+//! position.
+//!
 //! The table of what is accepted lives in `docs/commands.md`; [`classify`] is its source.
 
 mod op;
@@ -20,6 +24,10 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+/// Prefix of every key Regis keeps for itself in the regions (convergence metadata); no
+/// command a producer sends may write such a key.
+pub const RESERVED_KEY_PREFIX: &[u8] = b"__regis:";
 
 /// How regions reconcile concurrent updates (the top-level `convergence` config key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -77,6 +85,16 @@ pub enum Refusal {
         "{name} is refused under convergence = \"lww\": {why}, so regions that receive updates in a different order would diverge; convergence = \"none\" accepts it"
     )]
     OrderDependent { name: String, why: &'static str },
+    /// A key in the prefix Regis reserves for its own metadata.
+    #[error(
+        "{name} writes the key {key}, which starts with \"__regis:\": that prefix is reserved for the convergence metadata Regis keeps in every region; use another key name"
+    )]
+    ReservedKey {
+        /// The command.
+        name: String,
+        /// The key, shortened and quoted for display.
+        key: String,
+    },
 }
 
 impl Refusal {
@@ -91,6 +109,7 @@ impl Refusal {
             Refusal::Arity { .. } => "wrong_arity",
             Refusal::Syntax { .. } => "syntax_error",
             Refusal::OrderDependent { .. } => "order_dependent_command",
+            Refusal::ReservedKey { .. } => "reserved_key",
         }
     }
 }
@@ -562,6 +581,78 @@ mod tests {
             prep("SET k v NX EX 1", Convergence::None).unwrap(),
             "SET k v NX PXAT 1001000"
         );
+    }
+
+    #[test]
+    fn keys_in_the_reserved_prefix_are_refused_in_every_mode_at_every_position() {
+        for mode in [Convergence::Lww, Convergence::None] {
+            for cmd in [
+                "SET __regis:m:{k} x",
+                "set __regis:m:{k} x ex 10",
+                "SETEX __regis:x 10 v",
+                "MSET a 1 __regis:h:{a} 2",
+                "MSET __regis:c:{a} 1 b 2",
+                "DEL a b __regis:m:{a}",
+                "UNLINK __regis:m:{a} a",
+                "INCR __regis:n",
+                "INCRBYFLOAT __regis:n 1.5",
+                "HSET __regis:h:{k} f v",
+                "HDEL __regis:h:{k} f",
+                "HINCRBY __regis:h f 1",
+                "SADD __regis:s m",
+                "SREM __regis:s m",
+                "ZADD __regis:z 1 m",
+                "ZREM __regis:z m",
+                "ZINCRBY __regis:z 1 m",
+                "EXPIRE __regis:m:{k} 10",
+                "PEXPIREAT __regis:m:{k} 10",
+                "PERSIST __regis:m:{k}",
+            ] {
+                let err = prep(cmd, mode).unwrap_err();
+                assert!(
+                    matches!(&err, Refusal::ReservedKey { key, .. } if key.contains("__regis:")),
+                    "{cmd} under {mode}: {err:?}"
+                );
+                assert_eq!(err.code(), "reserved_key");
+                assert!(
+                    err.to_string().contains("reserved")
+                        && err.to_string().contains("use another key name"),
+                    "{err}"
+                );
+            }
+        }
+        // Order-dependent writes (accepted under `none`) are checked at every key position.
+        for cmd in [
+            "LPUSH __regis:l x",
+            "APPEND __regis:k x",
+            "RENAME a __regis:m:{a}",
+            "RENAME __regis:m:{a} a",
+            "COPY a __regis:m:{a}",
+            "RPOPLPUSH a __regis:l",
+            "LMOVE a __regis:l LEFT RIGHT",
+            "SMOVE a __regis:s m",
+            "MSETNX a 1 __regis:m:{a} 2",
+        ] {
+            let err = prep(cmd, Convergence::None).unwrap_err();
+            assert!(matches!(err, Refusal::ReservedKey { .. }), "{cmd}: {err:?}");
+            let lww = prep(cmd, Convergence::Lww).unwrap_err();
+            assert!(matches!(lww, Refusal::ReservedKey { .. }), "{cmd}: {lww:?}");
+        }
+        // Only the prefix is reserved: values, fields, members, and keys merely containing it
+        // or resembling it are fine.
+        for cmd in [
+            "SET k __regis:m:{k}",
+            "HSET h __regis:f __regis:v",
+            "SADD s __regis:m",
+            "ZADD z 1 __regis:m",
+            "SET x__regis:m v",
+            "SET __regis v",
+            "SET __REGIS:m v",
+            "MSET a __regis: b 1",
+        ] {
+            assert!(prep(cmd, Convergence::Lww).is_ok(), "{cmd}");
+        }
+        assert!(prep("LPUSH l __regis:x", Convergence::None).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 
-use super::{Class, Command, Refusal, classify, upper_name};
+use super::{Class, Command, RESERVED_KEY_PREFIX, Refusal, classify, upper_name};
 
 /// What a `SET` does to the key's time to live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,8 +239,25 @@ fn pairs(items: &[Bytes]) -> Vec<(Bytes, Bytes)> {
 }
 
 impl Op {
-    /// Parses one command (name first). `now_ms` resolves relative expiries.
+    /// Parses one command (name first). `now_ms` resolves relative expiries. A command
+    /// writing a key in the reserved prefix ([`RESERVED_KEY_PREFIX`]) is refused, whatever
+    /// the command and wherever the key.
     pub fn parse(args: &[Bytes], now_ms: u64) -> Result<Op, Refusal> {
+        let op = Op::parse_unchecked(args, now_ms)?;
+        if let Some(key) = op
+            .keys()
+            .into_iter()
+            .find(|k| k.starts_with(RESERVED_KEY_PREFIX))
+        {
+            return Err(Refusal::ReservedKey {
+                name: upper_name(args),
+                key: Command(vec![key.clone()]).preview(60),
+            });
+        }
+        Ok(op)
+    }
+
+    fn parse_unchecked(args: &[Bytes], now_ms: u64) -> Result<Op, Refusal> {
         if args.is_empty() {
             return Err(Refusal::Empty);
         }
@@ -745,8 +762,19 @@ fn check_order_dependent_arity(name: &str, n: usize) -> Result<(), Refusal> {
     arity(name, ok, expected)
 }
 
+/// Where the keys are in an order-dependent command: `(first, step)` — every `step`-th
+/// argument from `first` up to `last` (inclusive, `None`: to the end).
+fn raw_key_positions(name: &[u8]) -> (usize, usize, Option<usize>) {
+    match name {
+        b"MSETNX" => (1, 2, None),
+        b"RENAME" | b"COPY" | b"RPOPLPUSH" | b"LMOVE" | b"SMOVE" => (1, 1, Some(2)),
+        _ => (1, 1, Some(1)),
+    }
+}
+
 impl Op {
-    /// The keys this operation writes.
+    /// The keys this operation writes (every key position, for order-dependent commands
+    /// too).
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
@@ -765,7 +793,17 @@ impl Op {
             | Op::ZIncrBy { key, .. }
             | Op::ExpireAt { key, .. }
             | Op::Persist { key } => vec![key],
-            Op::Raw { args, .. } => args.get(1).into_iter().collect(),
+            Op::Raw { args, .. } => {
+                let (first, step, last) = raw_key_positions(args[0].as_ref());
+                let last = last.unwrap_or(args.len().saturating_sub(1));
+                args.iter()
+                    .enumerate()
+                    .skip(first)
+                    .step_by(step)
+                    .take_while(|(i, _)| *i <= last)
+                    .map(|(_, key)| key)
+                    .collect()
+            }
         }
     }
 }

@@ -262,7 +262,9 @@ pub fn publish_status(err: &PublishError) -> StatusCode {
     match err {
         PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         PublishError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
-        PublishError::Refused { .. } | PublishError::Empty => StatusCode::UNPROCESSABLE_ENTITY,
+        PublishError::Refused { .. }
+        | PublishError::Empty
+        | PublishError::DatabaseOutOfRange { .. } => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 

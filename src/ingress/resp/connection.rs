@@ -47,8 +47,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct Settings {
     /// Limits on one command.
     pub limits: Limits,
-    /// `SELECT` accepts `0..databases`.
-    pub databases: u32,
     /// Close a connection that sent nothing for this long; `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Connections at once.
@@ -267,13 +265,79 @@ fn publish_error(err: &PublishError, transaction: bool) -> Reply {
     }
 }
 
-/// A queued transaction.
+/// Most entries — queued writes and queued `PING`/`ECHO` replies — one transaction holds;
+/// with `max_message_bytes` it bounds a connection's memory while it is inside `MULTI`.
+pub const MAX_QUEUED: usize = 65_536;
+
+/// Bytes a queued argument or reply is counted for beyond its payload.
+const QUEUED_OVERHEAD: usize = 16;
+
+/// A queued transaction: what `EXEC` publishes and answers. It holds at most [`MAX_QUEUED`]
+/// entries and `max_message_bytes` of commands and replies; past either the transaction is
+/// failed and stops storing anything, so an endless `MULTI` costs no memory.
 #[derive(Default)]
 struct Transaction {
     commands: Vec<Vec<Bytes>>,
     replies: Vec<Reply>,
     bytes: usize,
     failed: bool,
+    /// Why the transaction outgrew its bound, repeated in `EXEC`'s answer.
+    overflow: Option<String>,
+}
+
+/// Bytes a queued reply is counted for.
+fn queued_reply_bytes(reply: &Reply) -> usize {
+    QUEUED_OVERHEAD
+        + match reply {
+            Reply::Bulk(b) | Reply::Double(b) => b.len(),
+            Reply::Error(text) => text.len(),
+            _ => 0,
+        }
+}
+
+impl Transaction {
+    /// Queues `reply` (and `command`, for a write) if the transaction stays within its
+    /// bounds; otherwise fails it and says why.
+    fn admit(
+        &mut self,
+        command: Option<Vec<Bytes>>,
+        reply: Reply,
+        max_bytes: usize,
+    ) -> Result<(), String> {
+        if self.failed {
+            // EXEC will abort: keep nothing more.
+            return Ok(());
+        }
+        let command_bytes = command.as_ref().map_or(0, |args| {
+            args.iter().map(Bytes::len).sum::<usize>() + QUEUED_OVERHEAD * args.len()
+        });
+        let bytes = command_bytes + queued_reply_bytes(&reply);
+        let why = if self.replies.len() >= MAX_QUEUED {
+            Some(format!(
+                "this transaction already holds {MAX_QUEUED} commands and replies, the most one MULTI may queue; EXEC or DISCARD it and send the rest in another transaction"
+            ))
+        } else if self.bytes + bytes > max_bytes {
+            Some(format!(
+                "this transaction would exceed {max_bytes} bytes with its queued commands and replies, the largest message accepted (max_message_bytes); EXEC or DISCARD it and split it into smaller transactions"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.failed = true;
+            self.overflow = Some(why.clone());
+            // What was queued can never be published: free it now.
+            self.commands = Vec::new();
+            self.replies = Vec::new();
+            return Err(why);
+        }
+        self.bytes += bytes;
+        self.replies.push(reply);
+        if let Some(args) = command {
+            self.commands.push(args);
+        }
+        Ok(())
+    }
 }
 
 /// A connection's state.
@@ -460,13 +524,16 @@ impl Session {
             "ECHO" => Some(echo(&args)),
             _ => None,
         };
+        let max_bytes = shared.hub.max_message_bytes();
         let reply = if let Some(local) = local {
             if local.is_error() {
                 tx.failed = true;
                 local
             } else {
-                tx.replies.push(local);
-                QUEUED
+                match tx.admit(None, local, max_bytes) {
+                    Ok(()) => QUEUED,
+                    Err(why) => Reply::err(why),
+                }
             }
         } else if name == "WATCH" {
             Reply::err("WATCH inside MULTI is not allowed")
@@ -476,25 +543,17 @@ impl Session {
                 "{name} inside MULTI is not supported by Regis: a transaction is one message of writes to one database"
             ))
         } else {
-            let hub = &shared.hub;
-            let size: usize = args.iter().map(Bytes::len).sum::<usize>() + 16 * args.len();
-            match prepare(&args, hub.mode(), now_ms()) {
+            match prepare(&args, shared.hub.mode(), now_ms()) {
                 Err(refusal) => {
                     tx.failed = true;
                     Reply::err(refusal)
                 }
-                Ok(_) if tx.bytes + size > hub.max_message_bytes() => {
-                    tx.failed = true;
-                    Reply::err(format!(
-                        "this transaction would exceed {} bytes, the largest message accepted (max_message_bytes); split it",
-                        hub.max_message_bytes()
-                    ))
-                }
                 Ok(_) => {
-                    tx.bytes += size;
-                    tx.replies.push(acks::success(name, &args));
-                    tx.commands.push(args);
-                    QUEUED
+                    let ack = acks::success(name, &args);
+                    match tx.admit(Some(args), ack, max_bytes) {
+                        Ok(()) => QUEUED,
+                        Err(why) => Reply::err(why),
+                    }
                 }
             }
         };
@@ -503,13 +562,17 @@ impl Session {
 
     fn exec(&mut self, tx: Transaction, round: &mut Round) {
         if tx.failed {
-            self.answer(
-                round,
-                Reply::error_code(
+            let reply = match &tx.overflow {
+                Some(why) => Reply::error_code(
+                    "EXECABORT",
+                    format!("Transaction discarded because of previous errors: {why}"),
+                ),
+                None => Reply::error_code(
                     "EXECABORT",
                     "Transaction discarded because of previous errors.",
                 ),
-            );
+            };
+            self.answer(round, reply);
             return;
         }
         if tx.commands.is_empty() {
@@ -527,13 +590,14 @@ impl Session {
         });
     }
 
-    fn select<P>(&mut self, args: &[Bytes], shared: &Shared<P>) -> Reply {
+    fn select<P: Publish>(&mut self, args: &[Bytes], shared: &Shared<P>) -> Reply {
         if args.len() != 2 {
             return wrong_arity("SELECT");
         }
         match parse_int(&args[1]) {
             None => not_integer(),
-            Some(db) if db < 0 || db >= i64::from(shared.settings.databases) => {
+            // The hub's range, so a connection can never hold a database it would refuse.
+            Some(db) if db < 0 || db >= i64::from(shared.hub.databases()) => {
                 Reply::err("DB index is out of range")
             }
             Some(db) => {

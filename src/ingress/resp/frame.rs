@@ -11,7 +11,7 @@
 //! resynchronized; the connection answers it and closes, as Redis does.
 //!
 //! Memory a command can claim is bounded before anything is allocated: the element count by
-//! [`Limits::max_array_len`], each argument by [`Limits::max_bulk_bytes`], the sum of the
+//! [`Limits::max_array_len`] (for inline commands too), each argument by [`Limits::max_bulk_bytes`], the sum of the
 //! arguments by [`Limits::max_payload_bytes`], a count line or an inline command by
 //! [`Limits::max_inline_bytes`]; the argument list itself is allocated only once the whole
 //! command has been received.
@@ -63,6 +63,13 @@ pub enum ProtocolError {
     /// A `*` count that is not a number, or above the array limit.
     #[error("Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
+    /// An inline command with more arguments than a multibulk one may have. (Redis has no
+    /// such limit for inline commands, hence no wording of its own.)
+    #[error("Protocol error: too many arguments in inline request, at most {limit} are accepted")]
+    InlineTooManyArguments {
+        /// The limit that was crossed ([`Limits::max_array_len`]).
+        limit: usize,
+    },
     /// A `$` line without its CRLF within the inline limit.
     #[error("Protocol error: too big bulk count string")]
     BulkCountTooBig,
@@ -180,7 +187,7 @@ impl Parser {
                 }
                 Some(Checked::Inline { len }) => {
                     let line = buf.split_to(len);
-                    let args = split_inline(trim_line(&line))?;
+                    let args = split_inline(trim_line(&line), limits.max_array_len)?;
                     if args.is_empty() {
                         continue;
                     }
@@ -424,8 +431,9 @@ fn hex_value(b: u8) -> Option<u8> {
 /// Splits an inline command line the way Redis's `sdssplitargs` does: arguments separated
 /// by spaces; `"..."` with `\n \r \t \b \a \\ \" \xHH` escapes; `'...'` with `\'`; a closing
 /// quote must be followed by a space or the end of the line. A NUL byte outside quotes ends
-/// the line, as it does for Redis's C string.
-pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+/// the line, as it does for Redis's C string. More than `max_args` arguments is an error,
+/// raised before the one too many is stored, as a multibulk count above the limit is.
+pub fn split_inline(line: &[u8], max_args: usize) -> Result<Vec<Vec<u8>>, ProtocolError> {
     let mut args = Vec::new();
     let mut p = 0;
     let at = |i: usize| line.get(i).copied().unwrap_or(0);
@@ -435,6 +443,9 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         }
         if p >= line.len() || line[p] == 0 {
             return Ok(args);
+        }
+        if args.len() >= max_args {
+            return Err(ProtocolError::InlineTooManyArguments { limit: max_args });
         }
         let mut current = Vec::new();
         let mut in_double = false;
@@ -602,7 +613,7 @@ mod tests {
 
     #[test]
     fn inline_quoting_follows_redis() {
-        let split = |s: &[u8]| split_inline(s);
+        let split = |s: &[u8]| split_inline(s, 64);
         assert_eq!(
             split(br#"set "a\x41\n" 'it\'s' "q\"""#).unwrap(),
             vec![
@@ -701,6 +712,39 @@ mod tests {
     }
 
     #[test]
+    fn inline_commands_have_the_multibulk_argument_limit() {
+        let line = |n: usize| {
+            let mut line = vec!["SADD"; 1];
+            line.extend(std::iter::repeat_n("m", n - 1));
+            format!("{}\r\n", line.join(" ")).into_bytes()
+        };
+        // LIMITS.max_array_len is 64: 64 arguments pass, 65 do not, as for a multibulk.
+        assert_eq!(parse_all(&line(64)).unwrap()[0].len(), 64);
+        assert_eq!(
+            parse_all(&line(65)),
+            Err(ProtocolError::InlineTooManyArguments { limit: 64 })
+        );
+        let err = ProtocolError::InlineTooManyArguments { limit: 64 }.to_string();
+        assert!(
+            err.starts_with("Protocol error: ") && err.contains("64"),
+            "{err}"
+        );
+        // Trailing spaces and an argument-free line count nothing.
+        let mut spaced = line(64);
+        spaced.splice(spaced.len() - 2..spaced.len() - 2, *b"    \t ");
+        assert_eq!(parse_all(&spaced).unwrap()[0].len(), 64);
+        // Before AUTH the limit is 10, inline as multibulk.
+        let tight = LIMITS.unauthenticated();
+        let mut buf = BytesMut::from(&line(10)[..]);
+        assert_eq!(parse(&mut buf, &tight).unwrap().map(|a| a.len()), Some(10));
+        let mut buf = BytesMut::from(&line(11)[..]);
+        assert_eq!(
+            parse(&mut buf, &tight),
+            Err(ProtocolError::InlineTooManyArguments { limit: 10 })
+        );
+    }
+
+    #[test]
     fn integers_parse_like_redis() {
         assert_eq!(parse_i64(b"0"), Some(0));
         assert_eq!(parse_i64(b"-1"), Some(-1));
@@ -748,6 +792,11 @@ mod tests {
                 match parser.parse(&mut buf, &LIMITS) {
                     Ok(Some(args)) => {
                         assert!(!args.is_empty());
+                        assert!(
+                            args.len() <= LIMITS.max_array_len,
+                            "{} arguments",
+                            args.len()
+                        );
                         assert!(args.iter().map(Bytes::len).sum::<usize>() <= 4096);
                         out.push(args.iter().map(|a| a.to_vec()).collect());
                     }
@@ -798,6 +847,34 @@ mod tests {
             let line = format!("{}\r\n", words.join(" "));
             let expected: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
             proptest::prop_assert_eq!(parse_in_pieces(line.as_bytes(), &[3]), (vec![expected], None));
+        }
+
+        /// An inline command is refused exactly when it has more arguments than
+        /// `max_array_len`, however it is spaced and cut, as the multibulk form of the same
+        /// command is.
+        #[test]
+        fn inline_argument_count_is_limited_like_multibulk(
+            // Up to 80 arguments of 1 byte and gaps of up to 2 stay within the 256-byte
+            // inline limit, so only the argument count can refuse them.
+            count in 1usize..80,
+            gap in "[ \t]{1,2}",
+            cuts in proptest::collection::vec(0usize..400, 0..4),
+        ) {
+            let words: Vec<String> = (0..count).map(|i| (i % 10).to_string()).collect();
+            let line = format!("{}\r\n", words.join(&gap));
+            let inline = parse_in_pieces(line.as_bytes(), &cuts);
+            let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            let multibulk = parse_in_pieces(&encode(&args), &cuts);
+            if count <= LIMITS.max_array_len {
+                proptest::prop_assert_eq!(&inline, &(vec![args], None));
+                proptest::prop_assert_eq!(&multibulk, &inline);
+            } else {
+                proptest::prop_assert_eq!(
+                    inline,
+                    (vec![], Some(ProtocolError::InlineTooManyArguments { limit: LIMITS.max_array_len }))
+                );
+                proptest::prop_assert_eq!(multibulk, (vec![], Some(ProtocolError::InvalidMultibulkLength)));
+            }
         }
     }
 }

@@ -109,7 +109,6 @@ impl RespServer {
                 max_inline_bytes: config.max_inline_bytes,
                 max_payload_bytes: max_message_bytes,
             },
-            databases: config.databases,
             idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
             max_connections: config.max_connections,
             port: addr.port(),
