@@ -33,7 +33,7 @@ use super::receipt::{AckSubject, Parsed, lease_margin, parse_receipt, receipt};
 use super::{Names, NatsBus, NatsOptions, batch, dead_letters, storage, unavailable};
 use crate::bus::{
     BusError, BusErrorKind, Delivery, LEASE_EXPIRED_ERROR, QueueStats, Receipt, Settle,
-    lease_expired_event,
+    lease_expired_event, leases_expired_counted,
 };
 use crate::clock::now_ms;
 
@@ -474,7 +474,7 @@ async fn admit(
 
     let mut deliveries = Vec::with_capacity(candidates.len());
     let mut notes = Vec::new();
-    // (first message id, attempt, how many envelopes) per expired delivery.
+    // (message id, attempt) of every envelope whose lease expired.
     let mut expired = Vec::new();
     let mut exhausted = Vec::new();
     let mut all_done = Vec::new();
@@ -508,9 +508,9 @@ async fn admit(
             }
             if lease_expired {
                 notes.push((ack.stream_seq, record.clone()));
-                if let Some((index, body)) = remaining.first_key_value() {
+                for (index, body) in &remaining {
                     let id = dead_letters::identify(body, &ack, *index).0;
-                    expired.push((id, previous, remaining.len() as u64));
+                    expired.push((id, previous));
                 }
             }
             for (index, body) in &remaining {
@@ -537,14 +537,11 @@ async fn admit(
     for ack in &all_done {
         acknowledge(bus, ack, Bytes::from_static(ACK)).await?;
     }
-    // Counted per envelope, logged once per region and receive, as on the embedded bus.
-    if let Some((id, attempt, _)) = expired.first() {
-        let count = expired.iter().map(|(_, _, n)| n).sum();
-        lease_expired_event(&queue.name, id, *attempt, count);
+    // Logged per envelope, counted once per receive, as on the embedded bus.
+    for (id, attempt) in &expired {
+        lease_expired_event(&queue.name, id, *attempt);
     }
-    for (id, attempt, n) in &expired {
-        tracing::debug!(message_id = %id, region = %queue.name, attempt, envelopes = n, "lease expired");
-    }
+    leases_expired_counted(&queue.name, expired.len() as u64);
     let notes = notes.into_iter().map(|(seq, record)| {
         let record = RetryRecord {
             settled: record.as_ref().map_or(0, |r| r.settled),
