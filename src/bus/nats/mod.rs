@@ -29,7 +29,9 @@
 //!   the stream has stored it (with `replicas > 1`, on a quorum). nats-server writes a
 //!   message to its file before acknowledging it, so `kill -9` of the server loses nothing
 //!   acknowledged; it fsyncs in the background (`sync_interval`, 2 minutes by default), so a
-//!   power loss of a single-replica server can — replicas on other machines cover that.
+//!   power loss of a single-replica server can. Contract 1 therefore needs `replicas = 3` on
+//!   a cluster or nats-server >= 2.10 with `sync_interval: always`; `regis serve` warns at
+//!   start when `replicas = 1` (docs/nats.md).
 //! * The high-water ceiling in `REGIS_meta` is raised *before* a message whose version is at
 //!   or above it is sent, so it is always above every version in the stream.
 //! * A region's consumer never stops delivering a message by itself (`max_deliver = -1`):
