@@ -466,6 +466,114 @@ async fn regis_serve_warns_once_that_one_replica_does_not_meet_contract_1() {
     }
 }
 
+/// A NATS bus for region r0 on `nats`, publishing as hub `node_id`.
+async fn hub_bus(nats: &NatsProcess, node_id: u16) -> regis::bus::nats::NatsBus {
+    regis::bus::nats::NatsBus::connect(
+        &NatsConfig {
+            url: nats.url(),
+            ..NatsConfig::default()
+        },
+        regis::bus::nats::NatsOptions {
+            regions: vec!["r0".into()],
+            node_id,
+            visibility_timeout: Duration::from_secs(2),
+            max_receives: 5,
+            dead_letter_retention: Duration::from_secs(3600),
+            max_message_bytes: 1 << 18,
+        },
+    )
+    .await
+    .expect("the NATS bus connects")
+}
+
+/// Publishes `n` messages through `hub` in one call (batches of up to 128 on NATS).
+async fn publish_n(hub: &regis::hub::Hub<regis::bus::nats::NatsBus>, n: usize) {
+    let requests: Vec<regis::hub::MessageRequest> = (0..n)
+        .map(|i| regis::hub::MessageRequest {
+            commands: vec![vec!["SET".into(), format!("k{i}").into(), "v".into()]],
+            db: 0,
+        })
+        .collect();
+    for result in hub.publish_many(&requests).await {
+        result.expect("published");
+    }
+}
+
+/// Queue figures count Regis messages, not NATS messages (batches), with two hubs
+/// publishing into one stream and one of them restarted: the depth is exact for every
+/// process; the messages in flight are exact for the process holding their leases, and
+/// marked estimated for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_figures_count_messages_with_two_hubs_publishing_batches() {
+    use regis::bus::{Consume, QueueStats};
+    let nats = nats_server();
+    let (bus_a, bus_b) = (hub_bus(&nats, 0).await, hub_bus(&nats, 1).await);
+    let convergence = regis::command::Convergence::Lww;
+    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18)
+        .await
+        .unwrap();
+    let hub_b = regis::hub::Hub::new(bus_b.clone(), 1, convergence, 1 << 18)
+        .await
+        .unwrap();
+    let r0 = |stats: Vec<QueueStats>| stats.into_iter().next().unwrap();
+    publish_n(&hub_a, 100).await;
+    publish_n(&hub_b, 300).await;
+    for _ in 0..7 {
+        publish_n(&hub_a, 1).await;
+    }
+    publish_n(&hub_b, 40).await;
+    let total = 100 + 300 + 7 + 40;
+    for bus in [&bus_a, &bus_b] {
+        let stats = r0(bus.stats().await.unwrap());
+        assert_eq!(
+            (stats.depth, stats.in_flight, stats.estimated),
+            (total, 0, false),
+            "{stats:?}"
+        );
+    }
+
+    // Leased by A and not settled: exact for A, which holds the leases; estimated for B.
+    let mut leased = Vec::new();
+    while leased.len() < 150 {
+        let got = bus_a
+            .receive("r0", 150 - leased.len(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "messages to lease");
+        leased.extend(got);
+    }
+    let held = leased.len() as u64;
+    let a = r0(bus_a.stats().await.unwrap());
+    assert_eq!(
+        (a.depth, a.in_flight, a.estimated),
+        (total - held, held, false),
+        "{a:?}"
+    );
+    let b = r0(bus_b.stats().await.unwrap());
+    assert_eq!(b.depth, total - held, "{b:?}");
+    assert!(b.estimated && b.in_flight > 0, "{b:?}");
+
+    // Hub A restarts: its numbering goes on from its last stored message.
+    bus_a.close().await;
+    drop(hub_a);
+    let bus_a = hub_bus(&nats, 0).await;
+    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18)
+        .await
+        .unwrap();
+    publish_n(&hub_a, 60).await;
+    let a = r0(bus_a.stats().await.unwrap());
+    assert_eq!(a.depth, total - held + 60, "{a:?}");
+
+    // Once everything is applied, zero is zero.
+    let settled = ack_all(&bus_a, "r0", total as usize + 60, Duration::from_secs(30)).await;
+    assert_eq!(settled as u64, total + 60);
+    assert!(drained(&bus_a, Duration::from_secs(10)).await);
+    let a = r0(bus_a.stats().await.unwrap());
+    assert_eq!((a.depth, a.in_flight, a.estimated), (0, 0, false), "{a:?}");
+    bus_a.close().await;
+    bus_b.close().await;
+}
+
 /// Interest retention: once every region acknowledged a message, the topic stream no longer
 /// holds it, so the servers' disks hold only backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,11 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// Age of the oldest message not yet applied, in ms.
     pub oldest_age_ms: Option<u64>,
+    /// `depth` and `in_flight` are estimates rather than exact counts: never on the embedded
+    /// bus; on NATS when JetStream's counts of batches cannot be turned into exact message
+    /// counts (see docs/nats.md, *Queue figures*).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// What kind of bus failure, so callers can `match err.kind()`.

@@ -1215,6 +1215,7 @@ impl Store {
                 in_flight: region.leases.len() as u64 + leased as u64,
                 dead_letters: dead as u64,
                 oldest_age_ms: oldest.map(|p| now.saturating_sub(p as u64)),
+                estimated: false,
             });
         }
         Ok(out)
