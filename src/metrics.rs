@@ -114,6 +114,10 @@ fn describe() {
         "regis_queue_oldest_age_seconds",
         "Age of the oldest message not yet applied."
     );
+    describe_gauge!(
+        "regis_queue_estimated",
+        "1 when the region's depth and in-flight figures are estimates (NATS bus only), else 0."
+    );
     describe_gauge!("regis_resp_connections", "Open RESP connections.");
     describe_counter!(
         "regis_resp_refused_connections_total",
@@ -301,8 +305,13 @@ impl QueueSampled<'_> {
             .set(self.stats.in_flight as f64);
         gauge!("regis_queue_dead_letters", "region" => region.clone())
             .set(self.stats.dead_letters as f64);
-        gauge!("regis_queue_oldest_age_seconds", "region" => region)
+        gauge!("regis_queue_oldest_age_seconds", "region" => region.clone())
             .set(self.stats.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+        gauge!("regis_queue_estimated", "region" => region).set(if self.stats.estimated {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 

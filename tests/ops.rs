@@ -179,6 +179,30 @@ async fn status_reports_a_stopped_regions_growing_backlog_on_nats() {
     status_reports_a_stopped_regions_growing_backlog_on(Backend::Nats).await
 }
 
+/// Publishes `SET <prefix><i> i` for `i` in `0..n` as one `/v1/publish/batch` request (on
+/// NATS: one NATS message of `n` envelopes).
+async fn publish_batch(addr: SocketAddr, prefix: &str, n: usize) {
+    let messages: Vec<Value> = (0..n)
+        .map(|i| json!({"commands": [["SET", format!("{prefix}{i}"), i]]}))
+        .collect();
+    let (status, answer) = call(
+        addr,
+        "POST",
+        "/v1/publish/batch",
+        Some(json!({ "messages": messages })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["results"]
+            .as_array()
+            .is_some_and(|r| r.len() == n && r.iter().all(|r| r["id"].is_string())),
+        "{answer}"
+    );
+}
+
+/// A stopped region's backlog, counted in messages — exactly, on both buses, though on NATS
+/// each request of many messages is stored as one NATS message.
 async fn status_reports_a_stopped_regions_growing_backlog_on(backend: Backend) {
     let mut regions = regions(2);
     let env = Env::new(backend);
@@ -197,14 +221,13 @@ async fn status_reports_a_stopped_regions_growing_backlog_on(backend: Backend) {
         let r = region_status(status, "r1");
         r["depth"].as_u64().unwrap() + r["in_flight"].as_u64().unwrap()
     };
-    for i in 0..20 {
-        publish(addr, json!([["SET", format!("during{i}"), i]]))
-            .await
-            .unwrap();
-    }
+    // Requests of many messages each: 128 and 72 (on NATS, the second of 128 and one of 72).
+    publish_batch(addr, "during", 128).await;
+    publish_batch(addr, "during-more", 72).await;
     let down = eventually(Duration::from_secs(15), || async {
         let status = get_json(addr, "/v1/status").await;
-        backlog(&status) >= 20 && region_status(&status, "r1")["redis"]["reachable"] == false
+        let r1 = region_status(&status, "r1");
+        backlog(&status) == 200 && r1["redis"]["reachable"] == false && r1["estimated"] == false
     })
     .await;
     let first = get_json(addr, "/v1/status").await;
@@ -222,9 +245,10 @@ async fn status_reports_a_stopped_regions_growing_backlog_on(backend: Backend) {
             .await
             .unwrap();
     }
+    publish_batch(addr, "later-batch", 20).await;
     let grew = eventually(Duration::from_secs(10), || async {
         let status = get_json(addr, "/v1/status").await;
-        backlog(&status) >= 30
+        backlog(&status) == 230
             && region_status(&status, "r1")["oldest_age_ms"]
                 .as_u64()
                 .unwrap()
@@ -238,10 +262,16 @@ async fn status_reports_a_stopped_regions_growing_backlog_on(backend: Backend) {
         Some(0.0),
         "{metrics_text}"
     );
-    assert!(
-        sample(&metrics_text, "regis_queue_depth", &[("region", "r1")]).unwrap() >= 20.0,
-        "{metrics_text}"
-    );
+    // The gauges of one scrape come from one reading of the queue.
+    let r1 = [("region", "r1")];
+    let counted = eventually(Duration::from_secs(10), || async {
+        let text = metrics(addr).await;
+        let depth = sample(&text, "regis_queue_depth", &r1).unwrap_or(-1.0);
+        let in_flight = sample(&text, "regis_queue_in_flight", &r1).unwrap_or(-1.0);
+        depth + in_flight == 230.0 && sample(&text, "regis_queue_estimated", &r1) == Some(0.0)
+    })
+    .await;
+    assert!(counted, "{}", metrics(addr).await);
 
     // The CLI: a table by default, the hub's JSON with --json.
     let table = regis(&["status", "--url", &url]);
@@ -271,7 +301,7 @@ async fn status_reports_a_stopped_regions_growing_backlog_on(backend: Backend) {
     assert!(json_out.status.success(), "{}", explain(&json_out));
     let parsed: Value = serde_json::from_str(&stdout(&json_out)).unwrap();
     for r in parsed["regions"].as_array().unwrap() {
-        for field in ["name", "depth", "in_flight", "dead_letters"] {
+        for field in ["name", "depth", "in_flight", "dead_letters", "estimated"] {
             assert!(!r[field].is_null(), "{field} in {r}");
         }
     }
@@ -675,6 +705,141 @@ async fn every_retry_and_dead_letter_is_logged_once_in_json() {
         "{f}"
     );
     assert!(f["error"].as_str().unwrap().contains("WRONGTYPE"), "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_expired_lease_is_logged_once_with_its_id_in_json() {
+    every_expired_lease_is_logged_once_with_its_id_in_json_on(Backend::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_expired_lease_is_logged_once_with_its_id_in_json_on_nats() {
+    every_expired_lease_is_logged_once_with_its_id_in_json_on(Backend::Nats).await
+}
+
+/// A worker leases three messages published in one request (on NATS: one batch) and never
+/// settles them: each expired lease is logged once, at WARN, with its message id, region,
+/// attempt and error, as retries and dead letters are.
+async fn every_expired_lease_is_logged_once_with_its_id_in_json_on(backend: Backend) {
+    use regis::bus::remote::wire::{LeaseResponse, Outcome, SettleRequest, Settlement};
+    let regions = regions(1);
+    let env = Env::new(backend);
+    let mut config = env.config(&regions);
+    // The test is r0's worker, leasing over HTTP.
+    config.regions[0].worker = WorkerPlacement::Remote;
+    config.delivery.visibility_timeout = Duration::from_secs(2);
+    let port = free_port().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = write_config(env.data.path(), &config, port);
+    let log_path = env.data.path().join("stderr.log");
+    let mut command = regis_command(&["--log-format", "json", "serve", "--config"]);
+    command
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut serve = ServeProcess::spawn(command, addr).await;
+
+    let (status, answer) = call(
+        addr,
+        "POST",
+        "/v1/publish/batch",
+        Some(json!({"messages": [
+            {"commands": [["SET", "a", "1"]]},
+            {"commands": [["SET", "b", "2"]]},
+            {"commands": [["SET", "c", "3"]]},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut ids: Vec<String> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let lease = |wait_ms: u32| async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/worker/regions/r0/lease"))
+            .body(lease_body(10, wait_ms, 1))
+            .send()
+            .await
+            .expect("the hub answers");
+        assert_eq!(response.status(), 200);
+        let lease: LeaseResponse = postcard::from_bytes(&response.bytes().await.unwrap()).unwrap();
+        lease.deliveries
+    };
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.len() < 3 && Instant::now() < deadline {
+        first.extend(lease(1000).await);
+    }
+    assert_eq!(first.len(), 3, "the three messages are leased");
+    // Never settled: the worker "died". Lease again until they come back (on NATS the bus
+    // notices the expiry when it delivers them again), then settle them for good.
+    let expired = [("region", "r0"), ("reason", "lease_expired")];
+    let mut again = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while again.len() < 3 && Instant::now() < deadline {
+        again.extend(lease(500).await);
+    }
+    assert_eq!(again.len(), 3, "the expired leases are delivered again");
+    assert!(
+        again.iter().all(|d| d.receive_count == 2),
+        "second receives"
+    );
+    let settle = SettleRequest {
+        settle: again
+            .iter()
+            .map(|d| Settlement {
+                receipt: d.receipt.clone(),
+                outcome: Outcome::Ack,
+            })
+            .collect(),
+    };
+    let settled = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/worker/regions/r0/settle"))
+        .body(postcard::to_stdvec(&settle).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settled.status(), 204);
+    let text = metrics(addr).await;
+    assert_eq!(
+        sample(&text, "regis_retries_total", &expired),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(serve.terminate().success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let expiries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "lease expired; message will be delivered again")
+        .collect();
+    let mut logged: Vec<String> = expiries
+        .iter()
+        .map(|l| l["fields"]["message_id"].as_str().unwrap().to_string())
+        .collect();
+    logged.sort();
+    assert_eq!(logged, ids, "each expired lease logged once, by id:\n{log}");
+    for line in expiries {
+        let f = &line["fields"];
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(f["region"], "r0", "{line}");
+        assert_eq!(f["attempt"], 1, "{line}");
+        assert!(
+            f["error"]
+                .as_str()
+                .unwrap()
+                .contains("not settled within the visibility timeout"),
+            "{line}"
+        );
+    }
 }
 
 /// Publishes a little of every type through the hub (so the regions carry `lww` metadata).

@@ -125,6 +125,11 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// Age of the oldest message not yet applied, in ms.
     pub oldest_age_ms: Option<u64>,
+    /// `depth` and `in_flight` are estimates rather than exact counts: never on the embedded
+    /// bus; on NATS when JetStream's counts of batches cannot be turned into exact message
+    /// counts (see docs/nats.md, *Queue figures*).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// What kind of bus failure, so callers can `match err.kind()`.
@@ -255,28 +260,28 @@ impl<T: Publish + Consume + DeadLetters + Stats + Clone> Bus for T {}
 pub(crate) const LEASE_EXPIRED_ERROR: &str =
     "not settled within the visibility timeout (the worker may have stopped)";
 
-/// Logs and counts `count` deliveries of one region whose leases expired unsettled (they
-/// are delivered again): operators want to know a worker stopped settling. One WARN line
-/// per call, so a dead worker's thousands of leases do not flood the log; `message_id` is
-/// the first of them. The counter goes up by exactly `count`.
-pub(crate) fn lease_expired_event(
-    region: &str,
-    message_id: &dyn fmt::Display,
-    attempt: u32,
-    count: u64,
-) {
-    if count == 0 {
-        return;
-    }
+/// Logs one delivery whose lease expired unsettled (it is delivered again): operators want
+/// to know a worker stopped settling, and which messages it held. One WARN line per message
+/// and expiry, with the fields of a retry (id, region, attempt = the receive that expired,
+/// error), so one log query follows a message through every retry, expiry and dead letter
+/// on either bus. A worker that dies holding thousands of leases logs thousands of lines,
+/// once each: that is the record the operator needs to find the messages it held.
+pub(crate) fn lease_expired_event(region: &str, message_id: &dyn fmt::Display, attempt: u32) {
     tracing::warn!(
         message_id = %message_id,
         region,
         attempt,
-        count,
         error = LEASE_EXPIRED_ERROR,
         "lease expired; message will be delivered again"
     );
-    crate::metrics::LeaseExpired { region, count }.emit();
+}
+
+/// Counts `count` expired leases of one region, once per sweep or receive that found them
+/// (each is logged on its own by [`lease_expired_event`]).
+pub(crate) fn leases_expired_counted(region: &str, count: u64) {
+    if count > 0 {
+        crate::metrics::LeaseExpired { region, count }.emit();
+    }
 }
 
 /// Logs and counts a message moved to its region's dead letters. Both buses log the same

@@ -236,6 +236,7 @@ fn region<'a>(stats: &'a [QueueStats], name: &str) -> &'a QueueStats {
         in_flight: 0,
         dead_letters: 0,
         oldest_age_ms: None,
+        estimated: false,
     };
     stats.iter().find(|s| s.name == name).unwrap_or(&EMPTY)
 }

@@ -26,6 +26,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             server.shutdown().await;
         }
         BusConfig::Nats(nats) => {
+            if nats.replicas == 1 {
+                // Contract 1 says "durable: fsync"; one JetStream replica acknowledges before
+                // its fsync, and the client cannot see the server's sync_interval.
+                tracing::warn!(
+                    replicas = nats.replicas,
+                    "bus.replicas = 1: nats-server acknowledges a publish before it fsyncs it (every 2 minutes by default), \
+                     so a power loss or OS crash of the NATS server can lose acknowledged messages. For contract 1 \
+                     (no acknowledged publish is lost) set bus.replicas = 3 on a three-server cluster, \
+                     or run nats-server 2.10 or later with `sync_interval: always` in its jetstream block (see docs/nats.md)"
+                );
+            }
             let server = Server::start_nats(&config, nats)
                 .await
                 .with_context(starting)?;

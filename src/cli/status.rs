@@ -2,7 +2,8 @@
 //!
 //! One row per region from `GET /v1/status`: backlog, in flight, dead letters, age of the
 //! oldest message not yet applied, apply rate and publish→applied p50/p99 over the last
-//! minute, and whether the region's Redis answers. `--json` prints the hub's answer as is.
+//! minute, and whether the region's Redis answers. Figures the hub marks as estimates (on
+//! the NATS bus, sometimes) read `~1200`, with a note. `--json` prints the hub's answer as is.
 
 use anyhow::Context;
 use clap::Args;
@@ -33,6 +34,9 @@ struct RegionRow {
     in_flight: u64,
     dead_letters: u64,
     oldest_age_ms: Option<u64>,
+    /// Older hubs do not say: their figures were exact, or NATS batches.
+    #[serde(default)]
+    estimated: bool,
     #[serde(default)]
     latency: Latency,
     #[serde(default)]
@@ -131,10 +135,18 @@ fn table(regions: &[RegionRow], now: u64) -> String {
                 r.name, r.dead_letters, r.name
             ));
         }
+        // An estimate reads "~1200", explained below the table.
+        let mark = if r.estimated { "~" } else { "" };
+        if r.estimated {
+            notes.push(format!(
+                "{}: backlog and in-flight figures are estimates (NATS: see \"Queue figures\" in docs/nats.md)",
+                r.name
+            ));
+        }
         rows.push([
             r.name.clone(),
-            r.depth.to_string(),
-            r.in_flight.to_string(),
+            format!("{mark}{}", r.depth),
+            format!("{mark}{}", r.in_flight),
             r.dead_letters.to_string(),
             r.oldest_age_ms.map(human_ms).unwrap_or_else(|| "-".into()),
             format!("{:.1}", r.latency.rate_per_sec),
@@ -202,6 +214,7 @@ mod tests {
                 in_flight: 2,
                 dead_letters: 0,
                 oldest_age_ms: None,
+                estimated: false,
                 latency: Latency {
                     count: 600,
                     rate_per_sec: 10.0,
@@ -220,6 +233,7 @@ mod tests {
                 in_flight: 0,
                 dead_letters: 1,
                 oldest_age_ms: Some(95_000),
+                estimated: true,
                 latency: Latency::default(),
                 redis: Redis {
                     reachable: Some(false),
@@ -239,7 +253,8 @@ mod tests {
         );
         assert!(
             lines[2].starts_with("mumbai")
-                && lines[2].contains("1200")
+                && lines[2].contains("~1200")
+                && lines[2].contains("~0")
                 && lines[2].contains("1m35s")
                 && lines[2].ends_with("DOWN 1m00s"),
             "{text}"
@@ -249,5 +264,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("regis dlq list --region mumbai"), "{text}");
+        assert!(
+            text.contains("mumbai: backlog and in-flight figures are estimates")
+                && !text.contains("singapore: backlog"),
+            "{text}"
+        );
     }
 }

@@ -390,6 +390,8 @@ pub struct RegionStatus {
     pub dead_letters: u64,
     /// Age of the oldest message not yet applied, ms.
     pub oldest_age_ms: Option<u64>,
+    /// `depth` and `in_flight` are estimates (NATS only, see docs/nats.md).
+    pub estimated: bool,
     /// Publish→applied over the last minute.
     pub latency: LatencySummary,
     /// Whether the region's Redis answers.
@@ -411,6 +413,7 @@ async fn status<B: Bus>(State(state): State<ApiState<B>>) -> Response {
                         in_flight: s.in_flight,
                         dead_letters: s.dead_letters,
                         oldest_age_ms: s.oldest_age_ms,
+                        estimated: s.estimated,
                         latency,
                         redis,
                     }

@@ -11,7 +11,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::bus::{
     BusError, BusErrorKind, DeadLetter, Delivery, LEASE_EXPIRED_ERROR, Outgoing, QueueStats,
-    Receipt, Selection, Settle, dead_lettered_event, lease_expired_event, message_id_or,
+    Receipt, Selection, Settle, dead_lettered_event, lease_expired_event, leases_expired_counted,
+    message_id_or,
 };
 use crate::clock::{Version, now_ms};
 use crate::envelope::{Envelope, MessageId};
@@ -870,8 +871,8 @@ impl Store {
             )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        // (first message id, its attempt, how many) of the leases found expired.
-        let mut expired: Option<(String, u32, u64)> = None;
+        // Leases found expired, each logged on its own and counted once below.
+        let mut expired = 0;
         for (seq, body, receive_count, settled_count, swept) in due {
             let lease_expired = receive_count > settled_count;
             if lease_expired && receive_count >= self.options.max_receives {
@@ -882,14 +883,9 @@ impl Store {
                 continue;
             }
             if lease_expired && !swept {
-                if expired.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
-                    let id = message_id_or(&body, || format!("seq {seq}"));
-                    tracing::debug!(message_id = %id, region = %name, attempt = receive_count, "lease expired");
-                    expired.get_or_insert((id, receive_count, 0));
-                }
-                if let Some((_, _, n)) = expired.as_mut() {
-                    *n += 1;
-                }
+                let id = message_id_or(&body, || format!("seq {seq}"));
+                lease_expired_event(&name, &id, receive_count);
+                expired += 1;
             }
             let count = receive_count + 1;
             self.conn
@@ -901,9 +897,7 @@ impl Store {
                 receive_count: count,
             });
         }
-        if let Some((id, attempt, count)) = expired {
-            lease_expired_event(&name, &id, attempt, count);
-        }
+        leases_expired_counted(&name, expired);
 
         let state = &mut self.regions[region];
         let room = max.saturating_sub(deliveries.len());
@@ -1221,6 +1215,7 @@ impl Store {
                 in_flight: region.leases.len() as u64 + leased as u64,
                 dead_letters: dead as u64,
                 oldest_age_ms: oldest.map(|p| now.saturating_sub(p as u64)),
+                estimated: false,
             });
         }
         Ok(out)
@@ -1244,7 +1239,6 @@ impl Store {
                     continue;
                 }
                 let name = self.regions[i].name.clone();
-                let mut first_id = None;
                 for seq in &expired {
                     let body: Option<Vec<u8>> = self
                         .conn
@@ -1261,18 +1255,12 @@ impl Store {
                             |r| r.get(0),
                         )
                         .optional()?;
-                    // Decoding every body only pays when someone reads debug lines.
-                    if first_id.is_none() || tracing::enabled!(tracing::Level::DEBUG) {
-                        let id = message_id_or(body.as_deref().unwrap_or_default(), || {
-                            format!("seq {seq}")
-                        });
-                        tracing::debug!(message_id = %id, region = %name, attempt = 1, "lease expired");
-                        first_id.get_or_insert(id);
-                    }
+                    let id =
+                        message_id_or(body.as_deref().unwrap_or_default(), || format!("seq {seq}"));
+                    lease_expired_event(&name, &id, 1);
                     self.regions[i].leases.remove(seq);
                 }
-                let first_id = first_id.unwrap_or_default();
-                lease_expired_event(&name, &first_id, 1, expired.len() as u64);
+                leases_expired_counted(&name, expired.len() as u64);
                 wake = true;
             }
         }

@@ -9,12 +9,67 @@
 //!
 //! Layout: the envelopes one after another, each preceded by its length as a little-endian
 //! `u32`. The NATS message carries the header `Regis-Batch: <count>`; a message without it
-//! is one bare envelope.
+//! is one bare envelope. A hub's batches also carry `Regis-Totals: <messages> <envelopes>`,
+//! its running totals on its subject ([`Totals`]), from which queue figures count envelopes.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The header marking a batch, with its number of envelopes.
 pub(super) const HEADER: &str = "Regis-Batch";
+/// The header with the publishing hub's running [`Totals`], this message included.
+pub(super) const TOTALS_HEADER: &str = "Regis-Totals";
+
+/// How many NATS messages and envelopes one hub has appended on its subject, counted from
+/// the first message of the subject still stored when it started. Only differences matter:
+/// the envelopes between two positions of a subject are the difference of their totals
+/// (see `counts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Totals {
+    /// NATS messages.
+    pub messages: u64,
+    /// Envelopes (Regis messages) in them.
+    pub envelopes: u64,
+}
+
+impl Totals {
+    /// The totals once a batch of `envelopes` more is appended.
+    pub fn after(self, envelopes: usize) -> Totals {
+        Totals {
+            messages: self.messages + 1,
+            envelopes: self.envelopes + envelopes as u64,
+        }
+    }
+
+    /// The header value: `<messages> <envelopes>`.
+    pub fn header_value(self) -> String {
+        format!("{} {}", self.messages, self.envelopes)
+    }
+
+    /// Reads a header value; `None` unless it is two numbers with at least as many envelopes
+    /// as messages.
+    pub fn parse(value: &str) -> Option<Totals> {
+        let (messages, envelopes) = value.trim().split_once(' ')?;
+        let totals = Totals {
+            messages: messages.parse().ok()?,
+            envelopes: envelopes.parse().ok()?,
+        };
+        (totals.messages >= 1 && totals.envelopes >= totals.messages).then_some(totals)
+    }
+
+    /// The totals a message carries, if any.
+    pub fn of(headers: Option<&async_nats::HeaderMap>) -> Option<Totals> {
+        Totals::parse(headers?.get(TOTALS_HEADER)?.as_str())
+    }
+}
+
+/// The envelopes a stored message holds, by its `Regis-Batch` header (one without it).
+pub(super) fn envelopes_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .filter(|n| (1..=MAX_MESSAGES as u64).contains(n))
+        .unwrap_or(1)
+}
 /// Most envelopes in one NATS message: bounds how far a receive can exceed its `max`.
 pub(super) const MAX_MESSAGES: usize = 128;
 
@@ -98,6 +153,35 @@ mod tests {
         assert!(unpack(&payload.slice(..5), 1).is_none(), "truncated");
         assert!(unpack(&Bytes::from_static(&[255, 255, 255, 255]), 1).is_none());
         assert!(unpack(&payload, 0).is_none());
+    }
+
+    #[test]
+    fn totals_round_trip_and_refuse_nonsense() {
+        let totals = Totals::default().after(3).after(128);
+        assert_eq!(
+            totals,
+            Totals {
+                messages: 2,
+                envelopes: 131
+            }
+        );
+        assert_eq!(Totals::parse(&totals.header_value()), Some(totals));
+        for bad in ["", "1", "a b", "2 1", "0 0", "1 2 3", "-1 4"] {
+            assert_eq!(Totals::parse(bad), None, "{bad:?}");
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(envelopes_of(Some(&headers)), 1, "a bare envelope");
+        headers.insert(HEADER, "17");
+        assert_eq!(envelopes_of(Some(&headers)), 17);
+        assert_eq!(Totals::of(Some(&headers)), None);
+        headers.insert(TOTALS_HEADER, "4 40");
+        assert_eq!(
+            Totals::of(Some(&headers)),
+            Some(Totals {
+                messages: 4,
+                envelopes: 40
+            })
+        );
     }
 
     proptest! {

@@ -6,7 +6,9 @@
 //! ```text
 //! stream REGIS            subjects REGIS.topic.<node id>     the topic; one NATS message per
 //!                                  REGIS.redrive.<region>    publish call (a batch of up to 128
-//!                                                            envelopes, header Regis-Batch);
+//!                                                            envelopes, header Regis-Batch,
+//!                                                            and the hub's running totals,
+//!                                                            header Regis-Totals);
 //!                                                            interest retention: removed once
 //!                                                            every region acknowledged it
 //! consumer REGIS/<region> durable pull consumer              one region's queue; ack_wait =
@@ -29,7 +31,9 @@
 //!   the stream has stored it (with `replicas > 1`, on a quorum). nats-server writes a
 //!   message to its file before acknowledging it, so `kill -9` of the server loses nothing
 //!   acknowledged; it fsyncs in the background (`sync_interval`, 2 minutes by default), so a
-//!   power loss of a single-replica server can — replicas on other machines cover that.
+//!   power loss of a single-replica server can. Contract 1 therefore needs `replicas = 3` on
+//!   a cluster or nats-server >= 2.10 with `sync_interval: always`; `regis serve` warns at
+//!   start when `replicas = 1` (docs/nats.md).
 //! * The high-water ceiling in `REGIS_meta` is raised *before* a message whose version is at
 //!   or above it is sent, so it is always above every version in the stream.
 //! * A region's consumer never stops delivering a message by itself (`max_deliver = -1`):
@@ -53,6 +57,7 @@
 
 mod batch;
 mod config;
+mod counts;
 mod dead_letters;
 mod queue;
 mod receipt;
@@ -136,6 +141,10 @@ struct Names {
 impl Names {
     fn topic_subject(&self, node_id: u16) -> String {
         format!("{}.topic.{node_id}", self.stream)
+    }
+    /// Matches every hub's subject (not redrives).
+    fn hub_subjects(&self) -> String {
+        format!("{}.topic.*", self.stream)
     }
     fn topic_subjects(&self) -> Vec<String> {
         vec![
@@ -265,6 +274,7 @@ impl NatsBus {
             js.clone(),
             meta.clone(),
             ceiling.clone(),
+            topic.clone(),
             names.topic_subject(options.node_id),
             batch_bytes,
         );
@@ -425,11 +435,6 @@ impl DeadLetters for NatsBus {
 
 impl Stats for NatsBus {
     async fn stats(&self) -> Result<Vec<QueueStats>, BusError> {
-        let all = self
-            .inner
-            .regions
-            .iter()
-            .map(|queue| queue::stats(self, queue));
-        futures_util::future::try_join_all(all).await
+        queue::stats(self).await
     }
 }

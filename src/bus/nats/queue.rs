@@ -18,6 +18,9 @@
 //! * `Retry` and `DeadLetter` on a receipt whose lease is over are ignored (another delivery
 //!   owns the message); a late `Ack` still counts: it is recorded, and the envelope is not
 //!   handed out again.
+//! * Besides its open deliveries, this process remembers the batches it settled with
+//!   `Retry` until they come back (or a lease later), so the region's in-flight figure
+//!   counts their envelopes exactly (see `counts`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -29,11 +32,12 @@ use futures_util::StreamExt;
 use futures_util::future::{join_all, try_join_all};
 use serde::{Deserialize, Serialize};
 
+use super::counts::{self, Held, Inputs};
 use super::receipt::{AckSubject, Parsed, lease_margin, parse_receipt, receipt};
 use super::{Names, NatsBus, NatsOptions, batch, dead_letters, storage, unavailable};
 use crate::bus::{
     BusError, BusErrorKind, Delivery, LEASE_EXPIRED_ERROR, QueueStats, Receipt, Settle,
-    lease_expired_event,
+    lease_expired_event, leases_expired_counted,
 };
 use crate::clock::now_ms;
 
@@ -54,16 +58,30 @@ pub(super) struct RegionQueue {
     pub pulls: tokio::sync::RwLock<()>,
     /// Batch deliveries handed out by this process and not yet settled, by ack subject.
     open: std::sync::Mutex<HashMap<String, OpenBatch>>,
+    /// Batches this process settled with `Retry`, by stream sequence, until delivered again
+    /// (or until they would have been leased again elsewhere): their envelopes are still in
+    /// flight.
+    retrying: std::sync::Mutex<HashMap<u64, Retrying>>,
     /// Envelopes per NATS message lately (×16), to size pull requests in envelopes. It
     /// starts at the largest batch and follows larger batches at once and smaller ones by
     /// halves, so a receive exceeds its `max` by less than one batch.
     envelopes_per_message: std::sync::atomic::AtomicU32,
 }
 
+/// A batch settled with `Retry`, waiting for its redelivery.
+struct Retrying {
+    /// Envelopes not done for good.
+    envelopes: u64,
+    /// Past this (ms since the epoch) it is no longer counted as held here.
+    until_ms: u64,
+}
+
 /// A delivered NATS message whose envelopes are being applied.
 struct OpenBatch {
     ack: AckSubject,
     deadline_ms: u64,
+    /// Envelopes in the NATS message.
+    count: u32,
     /// Envelopes handed out and not yet settled, with their bodies (to dead-letter them).
     open: BTreeMap<u32, Bytes>,
     /// Envelopes done for good: done before this delivery, applied, or dead-lettered.
@@ -132,6 +150,7 @@ impl RegionQueue {
             dlq,
             pulls: tokio::sync::RwLock::new(()),
             open: std::sync::Mutex::new(HashMap::new()),
+            retrying: std::sync::Mutex::new(HashMap::new()),
             envelopes_per_message: std::sync::atomic::AtomicU32::new(
                 (batch::MAX_MESSAGES * 16) as u32,
             ),
@@ -474,7 +493,7 @@ async fn admit(
 
     let mut deliveries = Vec::with_capacity(candidates.len());
     let mut notes = Vec::new();
-    // (first message id, attempt, how many envelopes) per expired delivery.
+    // (message id, attempt) of every envelope whose lease expired.
     let mut expired = Vec::new();
     let mut exhausted = Vec::new();
     let mut all_done = Vec::new();
@@ -483,6 +502,12 @@ async fn admit(
         // Deliveries this process never settled (a receiver that dropped them) are gone by
         // now: JetStream delivers them again.
         open.retain(|_, batch| batch.deadline_ms >= now);
+        // Back from a retry: counted as open (below), or settled for good.
+        let mut retrying = queue.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        for pulled in &candidates {
+            retrying.remove(&pulled.ack.stream_seq);
+        }
+        drop(retrying);
         for (pulled, record) in candidates.into_iter().zip(records) {
             let ack = pulled.ack;
             let count = pulled.bodies.len() as u32;
@@ -508,9 +533,9 @@ async fn admit(
             }
             if lease_expired {
                 notes.push((ack.stream_seq, record.clone()));
-                if let Some((index, body)) = remaining.first_key_value() {
+                for (index, body) in &remaining {
                     let id = dead_letters::identify(body, &ack, *index).0;
-                    expired.push((id, previous, remaining.len() as u64));
+                    expired.push((id, previous));
                 }
             }
             for (index, body) in &remaining {
@@ -525,6 +550,7 @@ async fn admit(
                 OpenBatch {
                     ack,
                     deadline_ms,
+                    count,
                     open: remaining,
                     done,
                     dead: Vec::new(),
@@ -537,14 +563,11 @@ async fn admit(
     for ack in &all_done {
         acknowledge(bus, ack, Bytes::from_static(ACK)).await?;
     }
-    // Counted per envelope, logged once per region and receive, as on the embedded bus.
-    if let Some((id, attempt, _)) = expired.first() {
-        let count = expired.iter().map(|(_, _, n)| n).sum();
-        lease_expired_event(&queue.name, id, *attempt, count);
+    // Logged per envelope, counted once per receive, as on the embedded bus.
+    for (id, attempt) in &expired {
+        lease_expired_event(&queue.name, id, *attempt);
     }
-    for (id, attempt, n) in &expired {
-        tracing::debug!(message_id = %id, region = %queue.name, attempt, envelopes = n, "lease expired");
-    }
+    leases_expired_counted(&queue.name, expired.len() as u64);
     let notes = notes.into_iter().map(|(seq, record)| {
         let record = RetryRecord {
             settled: record.as_ref().map_or(0, |r| r.settled),
@@ -677,6 +700,18 @@ async fn finish(bus: &NatsBus, queue: &RegionQueue, batch: OpenBatch) -> Result<
                 last_error: reason,
             };
             write_record(bus, region, batch.ack.stream_seq, &record).await?;
+            let visibility = bus.inner.options.visibility_timeout;
+            queue
+                .retrying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    batch.ack.stream_seq,
+                    Retrying {
+                        envelopes: u64::from(batch.count).saturating_sub(record.done.len() as u64),
+                        until_ms: now + (after + visibility).as_millis() as u64,
+                    },
+                );
             acknowledge(bus, &batch.ack, nak(after)).await
         }
         None => {
@@ -717,9 +752,45 @@ async fn stray(
     Ok(())
 }
 
-/// One region's figures. `in_flight` includes messages waiting out a retry delay: JetStream
-/// counts both as delivered and not acknowledged.
-pub(super) async fn stats(bus: &NatsBus, queue: &RegionQueue) -> Result<QueueStats, BusError> {
+impl RegionQueue {
+    /// The region's deliveries this process holds, among those after the ack floor `floor`:
+    /// open ones, and those settled with `Retry` that have not come back yet.
+    fn held(&self, now: u64, floor: u64) -> Held {
+        let mut held = Held::default();
+        let mut seqs = std::collections::HashSet::new();
+        {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            for batch in open.values() {
+                if batch.deadline_ms >= now && batch.ack.stream_seq > floor {
+                    seqs.insert(batch.ack.stream_seq);
+                    held.messages += 1;
+                    let settled = batch.done.len() + batch.dead.len();
+                    held.envelopes += u64::from(batch.count).saturating_sub(settled as u64);
+                }
+            }
+        }
+        let mut retrying = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        // At or below the ack floor it was acknowledged, by whichever process.
+        retrying.retain(|seq, r| r.until_ms >= now && *seq > floor);
+        for (seq, r) in retrying.iter() {
+            if !seqs.contains(seq) {
+                held.messages += 1;
+                held.envelopes += r.envelopes;
+            }
+        }
+        held
+    }
+}
+
+/// One region's JetStream figures, before they are turned into envelopes.
+struct Sample {
+    info: consumer::Info,
+    dead_letters: u64,
+    oldest_age_ms: Option<u64>,
+    held: Held,
+}
+
+async fn sample(bus: &NatsBus, queue: &RegionQueue) -> Result<Sample, BusError> {
     let info = bus
         .inner
         .topic
@@ -731,6 +802,7 @@ pub(super) async fn stats(bus: &NatsBus, queue: &RegionQueue) -> Result<QueueSta
                 err,
             )
         })?;
+    let held = queue.held(now_ms(), info.ack_floor.stream_sequence);
     let dlq = queue.dlq.get_info().await.map_err(|err| {
         unavailable(
             &format!("cannot read the dead letters of region {}", queue.name),
@@ -758,13 +830,65 @@ pub(super) async fn stats(bus: &NatsBus, queue: &RegionQueue) -> Result<QueueSta
     } else {
         None
     };
-    Ok(QueueStats {
-        name: queue.name.clone(),
-        depth: info.num_pending,
-        in_flight: info.num_ack_pending as u64,
+    Ok(Sample {
+        info,
         dead_letters: dlq.state.messages,
         oldest_age_ms,
+        held,
     })
+}
+
+/// Every region's figures, in envelopes (Regis messages), not NATS messages: see `counts`.
+/// `in_flight` includes messages waiting out a retry delay: JetStream counts both as
+/// delivered and not acknowledged.
+pub(super) async fn stats(bus: &NatsBus) -> Result<Vec<QueueStats>, BusError> {
+    let regions = &bus.inner.regions;
+    let samples = try_join_all(regions.iter().map(|queue| sample(bus, queue))).await?;
+    let inputs: Vec<Inputs> = samples
+        .iter()
+        .map(|s| Inputs {
+            pending: s.info.num_pending,
+            ack_pending: s.info.num_ack_pending as u64,
+            held: s.held,
+            ..Inputs::default()
+        })
+        .collect();
+    let hubs = if inputs.iter().any(Inputs::needs_hubs) {
+        Some(counts::hubs(bus).await?)
+    } else {
+        None
+    };
+    let figures = try_join_all(samples.iter().zip(inputs).map(|(s, mut inputs)| {
+        let hubs = hubs.as_ref();
+        async move {
+            let Some(hubs) = hubs.filter(|_| inputs.needs_hubs()) else {
+                return Ok::<_, BusError>(inputs.figures());
+            };
+            let delivered = s.info.delivered.stream_sequence;
+            let undelivered = counts::after(bus, hubs, delivered).await?;
+            inputs.undelivered = undelivered;
+            if inputs.needs_window() {
+                let after_floor =
+                    counts::after(bus, hubs, s.info.ack_floor.stream_sequence).await?;
+                inputs.window = counts::window(after_floor, undelivered);
+            }
+            Ok(inputs.figures())
+        }
+    }))
+    .await?;
+    Ok(regions
+        .iter()
+        .zip(samples)
+        .zip(figures)
+        .map(|((queue, s), f)| QueueStats {
+            name: queue.name.clone(),
+            depth: f.depth,
+            in_flight: f.in_flight,
+            dead_letters: s.dead_letters,
+            oldest_age_ms: s.oldest_age_ms,
+            estimated: f.estimated,
+        })
+        .collect())
 }
 
 /// Deletes the queues and dead letters of regions no longer configured.
@@ -780,6 +904,7 @@ pub(super) async fn remove_unconfigured(bus: &NatsBus) -> Result<(), BusError> {
             .as_deref()
             .is_some_and(|d| d.starts_with(CONSUMER_DESCRIPTION));
         if ours && !inner.regions.iter().any(|r| r.name == info.name) {
+            // In NATS messages (batches): the region is going, its exact count does not matter.
             stale.push((info.name, info.num_pending + info.num_ack_pending as u64));
         }
     }
@@ -797,7 +922,7 @@ pub(super) async fn remove_unconfigured(bus: &NatsBus) -> Result<(), BusError> {
         };
         tracing::warn!(
             region = %region,
-            backlog,
+            nats_messages = backlog,
             dead_letters = dead,
             "region removed from the config: its queue and dead letters were dropped"
         );

@@ -15,6 +15,11 @@
 //! the embedded bus's group commit, concurrent single-message publishes (HTTP producers)
 //! then share stored messages; a lone publish goes out at once. The task never waits for
 //! acknowledgements itself, so groups stay pipelined.
+//!
+//! Being the only publisher on its hub's subject, the appender also numbers what it sends:
+//! each batch carries the hub's running totals of NATS messages and envelopes on that
+//! subject (`Regis-Totals`), continued from the subject's last stored message when it
+//! starts. Queue figures count envelopes with them (`counts`); nothing else depends on them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use super::batch::Totals;
 use super::{Names, NatsBus, batch, storage, unavailable};
 use crate::bus::{BusError, BusErrorKind, Outgoing};
 use crate::clock::{Version, now_ms};
@@ -117,6 +123,11 @@ struct AppendTask {
     ceiling: Arc<Ceiling>,
     subject: async_nats::Subject,
     batch_bytes: usize,
+    /// The topic stream, to read where the subject's totals stand.
+    topic: stream::Stream,
+    /// The running totals of the last batch sent; `None` until read from the subject's last
+    /// stored message (batches sent meanwhile carry none).
+    totals: Option<Totals>,
 }
 
 impl Appender {
@@ -125,6 +136,7 @@ impl Appender {
         js: jetstream::Context,
         meta: kv::Store,
         ceiling: Arc<Ceiling>,
+        topic: stream::Stream,
         subject: String,
         batch_bytes: usize,
     ) -> Appender {
@@ -135,6 +147,8 @@ impl Appender {
             ceiling,
             subject: async_nats::Subject::from(subject),
             batch_bytes,
+            topic,
+            totals: None,
         };
         tokio::spawn(task.run(waiting));
         Appender { queue }
@@ -142,7 +156,7 @@ impl Appender {
 }
 
 impl AppendTask {
-    async fn run(self, mut waiting: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    async fn run(mut self, mut waiting: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
         while let Some(first) = waiting.recv().await {
             let mut count = first.messages.len();
             let mut group = vec![first];
@@ -195,16 +209,23 @@ impl AppendTask {
     /// Raises the ceiling if needed, then sends the group as batches; returns the pending
     /// acknowledgements.
     async fn send(
-        &self,
+        &mut self,
         newest_ms: u64,
         bodies: Vec<Bytes>,
     ) -> Result<Vec<jetstream::context::PublishAckFuture>, BusError> {
         raise_ceiling(&self.meta, &self.ceiling, newest_ms).await?;
+        if self.totals.is_none() {
+            self.totals = self.stored_totals().await;
+        }
         let batches = batch::pack(bodies, self.batch_bytes);
         let mut acks = Vec::with_capacity(batches.len());
         for (count, payload) in batches {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(batch::HEADER, count.to_string());
+            let totals = self.totals.map(|t| t.after(count));
+            if let Some(totals) = totals {
+                headers.insert(batch::TOTALS_HEADER, totals.header_value());
+            }
             let ack = self
                 .js
                 .send_publish(
@@ -213,9 +234,38 @@ impl AppendTask {
                 )
                 .await
                 .map_err(publish_error)?;
+            // Counted once handed to the connection. If the server then loses or refuses it,
+            // the totals skip its envelopes: figures spanning the gap count them until the
+            // regions' backlog has moved past it (see `counts`).
+            self.totals = totals;
             acks.push(ack);
         }
         Ok(acks)
+    }
+
+    /// The totals of the subject's last stored message: where this hub's numbering goes on.
+    /// Zero when the subject holds nothing (every region has applied all it sent, or it
+    /// never sent); zero as well when that message carries none (an older Regis sent it:
+    /// figures over such messages are estimates). `None` when NATS does not answer: the
+    /// next group asks again.
+    async fn stored_totals(&self) -> Option<Totals> {
+        use jetstream::stream::RawMessageErrorKind;
+        match self
+            .topic
+            .raw_message_builder()
+            .last_by_subject(self.subject.to_string())
+            .send()
+            .await
+        {
+            Ok(last) => Some(Totals::of(Some(&last.headers)).unwrap_or_default()),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => {
+                Some(Totals::default())
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the hub's running totals yet");
+                None
+            }
+        }
     }
 }
 
