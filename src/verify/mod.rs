@@ -27,6 +27,7 @@
 //! reference's, metadata included ([`repair`]), and is read back and compared again; the run
 //! agrees when every repaired key now matches.
 
+pub mod digest;
 pub mod read;
 pub mod repair;
 
@@ -39,8 +40,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::apply::lww::META_PREFIX;
-use read::{Dumped, ExpiryMode, Normal};
+use digest::{Reading, Seen};
+use read::{ExpiryMode, Normal};
 
 /// Chunks compared at once.
 const PARALLEL: usize = 4;
@@ -73,6 +74,9 @@ pub struct Options {
     pub chunk: usize,
     /// Timeout of one Redis round trip.
     pub timeout: Duration,
+    /// Longest `DUMP` payload a region sends as is in the first read; longer ones are sent
+    /// as their `sha1` ([`digest`]).
+    pub hash_above: usize,
 }
 
 impl Default for Options {
@@ -86,6 +90,7 @@ impl Default for Options {
             examples: 10,
             chunk: 1000,
             timeout: Duration::from_secs(30),
+            hash_above: 256,
         }
     }
 }
@@ -359,6 +364,7 @@ struct Tally {
 struct Run {
     reference: usize,
     mode: ExpiryMode,
+    reading: Reading,
     tolerance_ms: i64,
     repair: bool,
     examples: usize,
@@ -418,6 +424,10 @@ pub async fn verify(
     let run = Arc::new(Run {
         reference,
         mode,
+        reading: Reading {
+            mode,
+            hash_above: options.hash_above,
+        },
         tolerance_ms: options.ttl_tolerance.as_millis().min(i64::MAX as u128) as i64,
         repair: options.repair,
         examples: options.examples,
@@ -456,26 +466,33 @@ pub async fn verify(
         // region holds and the reference lacks) run side by side, so every region's Redis
         // is busy for the whole run.
         let mut passes: JoinSet<Result<(), VerifyError>> = JoinSet::new();
-        let chunks = scan(
-            scanners[reference].clone(),
-            pattern.clone(),
-            options.chunk,
-            &run,
-        );
+        let (chunk, reading) = (options.chunk, run.reading);
+        let chunks = scan(scanners[reference].clone(), chunk, &run, {
+            let pattern = pattern.clone();
+            move |mut conn, cursor| {
+                let pattern = pattern.clone();
+                async move {
+                    let step =
+                        digest::scan_digests(&mut conn, cursor, &pattern, chunk, reading).await?;
+                    Ok((step.cursor, step.scanned, step.keys))
+                }
+            }
+        });
         passes.spawn(drive(chunks, {
             let (run, conns) = (run.clone(), conns.clone());
-            move |keys| {
+            move |chunk| {
                 let (run, conns) = (run.clone(), conns.clone());
-                async move { compare_chunk(&run, &conns, db, keys).await }
+                async move { compare_chunk(&run, &conns, db, chunk).await }
             }
         }));
         for other in (0..regions.len()).filter(|&i| i != reference) {
-            let chunks = scan(
-                scanners[other].clone(),
-                pattern.clone(),
-                options.chunk,
-                &run,
-            );
+            let chunks = scan(scanners[other].clone(), chunk, &run, {
+                let pattern = pattern.clone();
+                move |mut conn, cursor| {
+                    let pattern = pattern.clone();
+                    async move { digest::scan_names(&mut conn, cursor, &pattern, chunk).await }
+                }
+            });
             passes.spawn(drive(chunks, {
                 let (run, conns) = (run.clone(), conns.clone());
                 move |keys| {
@@ -518,36 +535,56 @@ async fn dbsize(conn: &mut Conn) -> Result<u64, VerifyError> {
         .map_err(|e| conn.err(e))
 }
 
-/// A scanner task: chunks of user keys (sorted, deduplicated) through a bounded channel.
-struct Chunks {
-    rx: mpsc::Receiver<Vec<Vec<u8>>>,
+/// Something a scanner yields, sorted and deduplicated by its key name.
+trait Named {
+    fn name(&self) -> &[u8];
+}
+
+impl Named for Vec<u8> {
+    fn name(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Named for (Vec<u8>, Seen) {
+    fn name(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A scanner task: chunks of keys (sorted, deduplicated) through a bounded channel.
+struct Chunks<T> {
+    rx: mpsc::Receiver<Vec<T>>,
     scanner: tokio::task::JoinHandle<Result<(), VerifyError>>,
 }
 
-fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>) -> Chunks {
+/// Runs `step` (one `SCAN` step from a cursor: the next cursor, the keys `SCAN` returned,
+/// and the user keys among them) until the scan is over, in chunks of at least `chunk`
+/// user keys.
+fn scan<T, S, Fut>(conn: Conn, chunk: usize, run: &Arc<Run>, step: S) -> Chunks<T>
+where
+    T: Named + Send + 'static,
+    S: Fn(MultiplexedConnection, u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = redis::RedisResult<(u64, u64, Vec<T>)>> + Send,
+{
     let (tx, rx) = mpsc::channel(PARALLEL);
     let run = run.clone();
     let chunk = chunk.max(1);
     let scanner = tokio::spawn(async move {
         let mut cursor: u64 = 0;
-        let mut pending: Vec<Vec<u8>> = Vec::with_capacity(chunk);
+        let mut pending: Vec<T> = Vec::with_capacity(chunk);
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern.as_slice())
-                .arg("COUNT")
-                .arg(chunk)
-                .query_async(&mut conn.conn)
+            let (next, scanned, keys) = step(conn.conn.clone(), cursor)
                 .await
                 .map_err(|e| conn.err(e))?;
-            run.progress.advance(keys.len() as u64);
-            pending.extend(keys.into_iter().filter(|k| !k.starts_with(META_PREFIX)));
+            run.progress.advance(scanned);
+            pending.extend(keys);
             cursor = next;
             if pending.len() >= chunk || (cursor == 0 && !pending.is_empty()) {
                 let mut keys = std::mem::replace(&mut pending, Vec::with_capacity(chunk));
-                keys.sort_unstable();
-                keys.dedup();
+                // SCAN may return a key twice (when the table is resized between steps).
+                keys.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+                keys.dedup_by(|a, b| a.name() == b.name());
                 if tx.send(keys).await.is_err() {
                     // The comparing side stopped (it failed): its error is the one to report.
                     return Ok(());
@@ -562,9 +599,9 @@ fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>) -> Chunk
 }
 
 /// Runs `work` on every chunk, `PARALLEL` at a time; the first error stops everything.
-async fn drive<F, Fut>(chunks: Chunks, work: F) -> Result<(), VerifyError>
+async fn drive<T, F, Fut>(chunks: Chunks<T>, work: F) -> Result<(), VerifyError>
 where
-    F: Fn(Vec<Vec<u8>>) -> Fut,
+    F: Fn(Vec<T>) -> Fut,
     Fut: std::future::Future<Output = Result<(), VerifyError>> + Send + 'static,
 {
     let Chunks { mut rx, scanner } = chunks;
@@ -603,30 +640,30 @@ fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
     }
 }
 
-/// Compares `(reference, other)` dumps of the same keys; `None` where they agree. Keys whose
-/// payloads differ are read again by type.
+/// Compares what `reference` and `other` hold for the same keys (`ours`, `theirs`); `None`
+/// where they agree. Keys whose digests differ are read again by type.
 async fn judge(
     run: &Run,
     reference: &mut Conn,
     other: &mut Conn,
     keys: &[&[u8]],
-    ours: &[Dumped],
-    theirs: &[Dumped],
+    ours: &[Seen],
+    theirs: &[Seen],
 ) -> Result<Vec<Option<DriftKind>>, VerifyError> {
     let tol = run.tolerance_ms;
     let mut verdicts = Vec::with_capacity(keys.len());
     let mut recheck = Vec::new();
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-        let verdict = match (&a.payload, &b.payload) {
+        let verdict = match (a.kind, b.kind) {
             (None, None) => None,
             (Some(_), None) if a.expiry.imminent(tol) => None,
             (None, Some(_)) if b.expiry.imminent(tol) => None,
             (Some(_), None) => Some(DriftKind::Missing),
             (None, Some(_)) => Some(DriftKind::Extra),
             (Some(x), Some(y)) => {
-                if a.kind() != b.kind() {
+                if x != y {
                     Some(DriftKind::Type)
-                } else if x != y {
+                } else if a.fingerprint != b.fingerprint {
                     recheck.push(i);
                     None
                 } else if !a.expiry.close(b.expiry, tol) {
@@ -640,7 +677,7 @@ async fn judge(
     }
     if !recheck.is_empty() {
         let asks: Vec<(&[u8], Option<read::Kind>)> =
-            recheck.iter().map(|&i| (keys[i], ours[i].kind())).collect();
+            recheck.iter().map(|&i| (keys[i], ours[i].kind)).collect();
         let (left, right) = tokio::join!(
             read::read_normal(&mut reference.conn, &asks),
             read::read_normal(&mut other.conn, &asks),
@@ -662,45 +699,58 @@ async fn judge(
     Ok(verdicts)
 }
 
-/// Pass 1 for one chunk of the reference's keys.
+/// Both regions' first reads of `keys`, side by side.
+async fn digest_both(
+    run: &Run,
+    reference: &mut Conn,
+    other: &mut Conn,
+    keys: &[&[u8]],
+) -> Result<(Vec<Seen>, Vec<Seen>), VerifyError> {
+    let (ours, theirs) = tokio::join!(
+        digest::digest_keys(&mut reference.conn, keys, run.reading),
+        digest::digest_keys(&mut other.conn, keys, run.reading),
+    );
+    Ok((
+        ours.map_err(|e| reference.err(e))?,
+        theirs.map_err(|e| other.err(e))?,
+    ))
+}
+
+/// Pass 1 for one chunk of the reference's keys, read with the scan.
 async fn compare_chunk(
     run: &Run,
     conns: &[Conn],
     db: u32,
-    keys: Vec<Vec<u8>>,
+    chunk: Vec<(Vec<u8>, Seen)>,
 ) -> Result<(), VerifyError> {
-    // Every region reads the chunk at the same time.
-    // One pipeline, sent to every region.
-    let pipe = Arc::new(read::dump_pipeline(&keys, run.mode));
+    let (keys, ours): (Vec<Vec<u8>>, Vec<Seen>) = chunk.into_iter().unzip();
+    let keys = Arc::new(keys);
+    // Every other region reads the chunk at the same time.
     let mut reads = JoinSet::new();
     for (index, conn) in conns.iter().enumerate() {
-        let (mut conn, pipe, mode, n) = (conn.clone(), pipe.clone(), run.mode, keys.len());
+        if index == run.reference {
+            continue;
+        }
+        let (mut conn, keys, reading) = (conn.clone(), keys.clone(), run.reading);
         reads.spawn(async move {
-            let dumped = read::run_dumps(&mut conn.conn, &pipe, n, mode)
+            let seen = digest::digest_keys(&mut conn.conn, &keys, reading)
                 .await
                 .map_err(|e| conn.err(e));
-            (index, conn, dumped)
+            (index, conn, seen)
         });
     }
-    let mut all = Vec::with_capacity(conns.len());
-    while let Some(done) = reads.join_next().await {
-        let (index, conn, dumped) = joined(done);
-        all.push((index, conn, dumped?));
-    }
-    all.sort_by_key(|(index, _, _)| *index);
-    let (mut reference, ours) = {
-        let (_, conn, dumped) = all.remove(run.reference);
-        (conn, dumped)
-    };
-    // Keys gone from the reference since the SCAN are not the reference's keys.
-    let present = ours.iter().filter(|d| d.payload.is_some()).count() as u64;
+    let mut reference = conns[run.reference].clone();
+    // Keys that expired under the SCAN are not the reference's keys.
+    let present = ours.iter().filter(|s| s.exists()).count() as u64;
     let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    for (index, mut other, dumped) in all {
-        let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &dumped).await?;
+    while let Some(done) = reads.join_next().await {
+        let (index, mut other, theirs) = joined(done);
+        let theirs = theirs?;
+        let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &theirs).await?;
         let identical = verdicts
             .iter()
             .zip(&ours)
-            .filter(|(v, d)| v.is_none() && d.payload.is_some())
+            .filter(|(v, s)| v.is_none() && s.exists())
             .count() as u64;
         let drifted: Vec<(usize, DriftKind)> = verdicts
             .iter()
@@ -744,23 +794,17 @@ async fn extras_chunk(
         .query_async(&mut reference.conn)
         .await
         .map_err(|e| reference.err(e))?;
-    let absent: Vec<Vec<u8>> = keys
-        .into_iter()
+    let absent: Vec<&[u8]> = keys
+        .iter()
         .zip(found)
         .filter(|(_, f)| matches!(f, Value::Int(0)))
-        .map(|(k, _)| k)
+        .map(|(k, _)| k.as_slice())
         .collect();
     if absent.is_empty() {
         return Ok(());
     }
-    let (ours, theirs) = tokio::join!(
-        read::dump_many(&mut reference.conn, &absent, run.mode),
-        read::dump_many(&mut other.conn, &absent, run.mode),
-    );
-    let ours = ours.map_err(|e| reference.err(e))?;
-    let theirs = theirs.map_err(|e| other.err(e))?;
-    let refs: Vec<&[u8]> = absent.iter().map(Vec::as_slice).collect();
-    let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &theirs).await?;
+    let (ours, theirs) = digest_both(run, &mut reference, &mut other, &absent).await?;
+    let verdicts = judge(run, &mut reference, &mut other, &absent, &ours, &theirs).await?;
     let drifted: Vec<(usize, DriftKind)> = verdicts
         .iter()
         .enumerate()
@@ -768,7 +812,7 @@ async fn extras_chunk(
         .collect();
     run.tally().keys += drifted.len() as u64;
     let slot = report_slot(run, other_index);
-    settle_drift(run, &mut reference, &mut other, db, slot, &refs, drifted).await
+    settle_drift(run, &mut reference, &mut other, db, slot, &absent, drifted).await
 }
 
 /// The index in `Tally::regions` of region `index`.
@@ -796,7 +840,7 @@ async fn settle_drift(
     for &(i, kind) in &drifted {
         run.tally().regions[slot].count(kind);
         if run.want_example() {
-            let detail = describe(reference, other, keys[i], kind).await?;
+            let detail = describe(run, reference, other, keys[i], kind).await?;
             let mut tally = run.tally();
             if tally.examples.len() < run.examples {
                 tally.examples.push(Drift {
@@ -824,13 +868,7 @@ async fn settle_drift(
         }
     }
     // Read the repaired keys back: the run agrees only if they now match.
-    let owned: Vec<Vec<u8>> = repaired.iter().map(|k| k.to_vec()).collect();
-    let (ours, theirs) = tokio::join!(
-        read::dump_many(&mut reference.conn, &owned, run.mode),
-        read::dump_many(&mut other.conn, &owned, run.mode),
-    );
-    let ours = ours.map_err(|e| reference.err(e))?;
-    let theirs = theirs.map_err(|e| other.err(e))?;
+    let (ours, theirs) = digest_both(run, reference, other, &repaired).await?;
     let verdicts = judge(run, reference, other, &repaired, &ours, &theirs).await?;
     let still = verdicts.iter().filter(|v| v.is_some()).count() as u64;
     let mut tally = run.tally();
@@ -841,30 +879,34 @@ async fn settle_drift(
 
 /// What the two regions hold for `key`, in words.
 async fn describe(
+    run: &Run,
     reference: &mut Conn,
     other: &mut Conn,
     key: &[u8],
     kind: DriftKind,
 ) -> Result<String, VerifyError> {
-    let mode = ExpiryMode::Relative;
-    let keys = [key.to_vec()];
-    let (ours, theirs) = tokio::join!(
-        read::dump_many(&mut reference.conn, &keys, mode),
-        read::dump_many(&mut other.conn, &keys, mode),
+    let (ours, theirs) = digest_both(run, reference, other, &[key]).await?;
+    let (ours, theirs) = (
+        ours.into_iter().next().unwrap_or(Seen::MISSING),
+        theirs.into_iter().next().unwrap_or(Seen::MISSING),
     );
-    let ours = ours.map_err(|e| reference.err(e))?.remove(0);
-    let theirs = theirs.map_err(|e| other.err(e))?.remove(0);
-    let (left_ask, right_ask) = ([(key, ours.kind())], [(key, theirs.kind())]);
+    let (left_ask, right_ask) = ([(key, ours.kind)], [(key, theirs.kind)]);
     let (l, r) = tokio::join!(
         read::read_normal(&mut reference.conn, &left_ask),
         read::read_normal(&mut other.conn, &right_ask),
     );
-    let l = l.map_err(|e| reference.err(e))?.remove(0);
-    let r = r.map_err(|e| other.err(e))?.remove(0);
+    let l = l
+        .map_err(|e| reference.err(e))?
+        .pop()
+        .unwrap_or(Normal::Missing);
+    let r = r
+        .map_err(|e| other.err(e))?
+        .pop()
+        .unwrap_or(Normal::Missing);
     let (a, b) = (reference.name.as_str(), other.name.as_str());
-    let side = |n: &Normal, d: &Dumped| match n {
+    let side = |n: &Normal, s: &Seen| match n {
         Normal::Missing => "missing".to_string(),
-        n => format!("{}, {}", n.describe(), d.expiry),
+        n => format!("{}, {}", n.describe(), s.expiry),
     };
     let mut detail = format!("{a}: {}; {b}: {}", side(&l, &ours), side(&r, &theirs));
     if kind == DriftKind::Value
