@@ -53,11 +53,6 @@ pub struct VerifyArgs {
     /// Timeout of one Redis round trip.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Values whose serialized form (`DUMP`) is longer than this many bytes are compared by
-    /// their sha1, computed in Redis; shorter ones are sent as they are, which costs Redis
-    /// less CPU. 0 sends only sha1s: the least traffic, for regions far from where verify runs.
-    #[arg(long, default_value_t = 256, value_name = "BYTES")]
-    pub hash_above: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -192,7 +187,6 @@ async fn compare(args: &VerifyArgs) -> anyhow::Result<Report> {
         examples: args.examples,
         chunk: args.chunk as usize,
         timeout: args.timeout,
-        hash_above: args.hash_above,
     };
     Ok(verify(&regions, &options, Arc::new(Bar::new())).await?)
 }

@@ -7,19 +7,35 @@
 //!
 //! 1. The reference is `SCAN`ned (never `KEYS`), a chunk of keys at a time. Each chunk is read
 //!    in every region with one pipeline of `DUMP` and `PEXPIRETIME` per key
-//!    ([`read::dump_many`]); keys whose payloads differ are read again by type and compared
-//!    in a normal form ([`read::read_normal`]), and expiries are compared within a
-//!    tolerance. A key missing in a region, or expiring within the tolerance in one and gone
-//!    in the other, is told apart.
-//! 2. Every other region is `SCAN`ned for keys the reference lacks: one multi-key `EXISTS`
-//!    per chunk, and single `EXISTS` only when some are missing.
+//!    ([`read::dump_many`]). Keys whose payloads differ are compared in a normal form: a set
+//!    or hash stored as a hash table (whose payload follows each server's own table order)
+//!    is decoded from the payloads already read ([`rdb`]); any other difference is read again
+//!    by type ([`read::read_normal`]). Expiries are compared within a tolerance. A key
+//!    missing in a region, or expiring within the tolerance in one and gone in the other, is
+//!    told apart.
+//! 2. Every other region is `SCAN`ned too, for keys the reference lacks. Instead of looking
+//!    every one of its keys up in the reference, verify takes a census (`Census`): per
+//!    bucket of key names, a keyed hash summed over the keys pass 1 found in that region,
+//!    and over the keys its own scan returned. Equal sums mean the region holds nothing the
+//!    reference lacks in that bucket.
+//! 3. Only the buckets whose sums differ — a key only that region holds, or a key written,
+//!    deleted or expired while the passes ran — are scanned again in that region, and their
+//!    keys looked up in the reference (multi-key `EXISTS`, then single `EXISTS` where some
+//!    are missing). On a quiet system with no drift, pass 3 does not run.
 //!
-//! Each pass (pass 1 over the reference, and one pass 2 per other region, all run side by
-//! side) has a scanner task feeding chunks through a bounded channel to a few comparing
-//! tasks, so at most `regions × (PARALLEL * 2 + 1)` chunks are in memory, whatever the size
-//! of the regions; memory grows only with the largest single value. Regis's own metadata
-//! keys (`__regis:`) are skipped everywhere. Keys written while the scan runs may show as
-//! drift: verify a quiet system, or run it twice.
+//! Each pass (pass 1 over the reference and pass 2 over every other region run side by side;
+//! then pass 3) has a scanner task feeding chunks through a bounded channel to a few
+//! comparing tasks, so at most `regions × (PARALLEL * 2 + 1)` chunks are in memory, plus
+//! the census's fixed 1 MiB per other region, whatever the size of the regions; memory grows
+//! only with the largest single value. Regis's own metadata keys (`__regis:`) are skipped
+//! everywhere. Keys written while the scan runs may show as drift: verify a quiet system,
+//! or run it twice.
+//!
+//! Where the CPU goes (BENCHMARKS.md): each Redis spends most of it on the two commands per
+//! key and on `SCAN`; the rest is `regis verify` parsing the answers. Doing the reads in a
+//! Lua script instead was measured (commit `e63c9f1`): it cut `regis verify`'s CPU by half
+//! but raised each Redis's by more, since a `redis.call` costs Redis more than a pipelined
+//! command.
 //!
 //! # Repair
 //!
@@ -27,10 +43,11 @@
 //! reference's, metadata included ([`repair`]), and is read back and compared again; the run
 //! agrees when every repaired key now matches.
 
-pub mod digest;
+pub mod rdb;
 pub mod read;
 pub mod repair;
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,8 +57,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use digest::{Reading, Seen};
-use read::{ExpiryMode, Normal};
+use crate::apply::lww::META_PREFIX;
+use read::{Dumped, ExpiryMode, Normal};
 
 /// Chunks compared at once.
 const PARALLEL: usize = 4;
@@ -74,9 +91,6 @@ pub struct Options {
     pub chunk: usize,
     /// Timeout of one Redis round trip.
     pub timeout: Duration,
-    /// Longest `DUMP` payload a region sends as is in the first read; longer ones are sent
-    /// as their `sha1` ([`digest`]).
-    pub hash_above: usize,
 }
 
 impl Default for Options {
@@ -90,7 +104,6 @@ impl Default for Options {
             examples: 10,
             chunk: 1000,
             timeout: Duration::from_secs(30),
-            hash_above: 256,
         }
     }
 }
@@ -364,7 +377,6 @@ struct Tally {
 struct Run {
     reference: usize,
     mode: ExpiryMode,
-    reading: Reading,
     tolerance_ms: i64,
     repair: bool,
     examples: usize,
@@ -424,10 +436,6 @@ pub async fn verify(
     let run = Arc::new(Run {
         reference,
         mode,
-        reading: Reading {
-            mode,
-            hash_above: options.hash_above,
-        },
         tolerance_ms: options.ttl_tolerance.as_millis().min(i64::MAX as u128) as i64,
         repair: options.repair,
         examples: options.examples,
@@ -462,37 +470,69 @@ pub async fn verify(
             total += dbsize(&mut conn.clone()).await?;
         }
         run.progress.phase(&format!("db {db}"), total);
-        // Pass 1 (every key of the reference, in every region) and pass 2 (keys another
-        // region holds and the reference lacks) run side by side, so every region's Redis
-        // is busy for the whole run.
+        // Pass 1 (every key of the reference, in every region) and pass 2 (the census of
+        // the keys every other region holds) run side by side, so every region's Redis is
+        // busy for the whole run.
+        let census = Arc::new(Census::new(regions.len() - 1));
         let mut passes: JoinSet<Result<(), VerifyError>> = JoinSet::new();
-        let (chunk, reading) = (options.chunk, run.reading);
-        let chunks = scan(scanners[reference].clone(), chunk, &run, {
-            let pattern = pattern.clone();
-            move |mut conn, cursor| {
-                let pattern = pattern.clone();
-                async move {
-                    let step =
-                        digest::scan_digests(&mut conn, cursor, &pattern, chunk, reading).await?;
-                    Ok((step.cursor, step.scanned, step.keys))
-                }
-            }
-        });
+        let chunks = scan(
+            scanners[reference].clone(),
+            pattern.clone(),
+            options.chunk,
+            &run,
+            Arc::new(|_: &[u8]| true),
+        );
         passes.spawn(drive(chunks, {
-            let (run, conns) = (run.clone(), conns.clone());
-            move |chunk| {
-                let (run, conns) = (run.clone(), conns.clone());
-                async move { compare_chunk(&run, &conns, db, chunk).await }
+            let (run, conns, census) = (run.clone(), conns.clone(), census.clone());
+            move |keys| {
+                let (run, conns, census) = (run.clone(), conns.clone(), census.clone());
+                async move { compare_chunk(&run, &conns, &census, db, keys).await }
             }
         }));
         for other in (0..regions.len()).filter(|&i| i != reference) {
-            let chunks = scan(scanners[other].clone(), chunk, &run, {
-                let pattern = pattern.clone();
-                move |mut conn, cursor| {
-                    let pattern = pattern.clone();
-                    async move { digest::scan_names(&mut conn, cursor, &pattern, chunk).await }
+            let chunks = scan(
+                scanners[other].clone(),
+                pattern.clone(),
+                options.chunk,
+                &run,
+                Arc::new(|_: &[u8]| true),
+            );
+            let slot = report_slot(&run, other);
+            passes.spawn(drive(chunks, {
+                let census = census.clone();
+                move |keys| {
+                    census.add(slot, Side::Held, keys.iter().map(Vec::as_slice));
+                    async { Ok(()) }
                 }
-            });
+            }));
+        }
+        join_passes(passes).await?;
+        // Pass 3, only where the census disagrees: the keys of those buckets are looked up
+        // in the reference.
+        let mut passes: JoinSet<Result<(), VerifyError>> = JoinSet::new();
+        for other in (0..regions.len()).filter(|&i| i != reference) {
+            let slot = report_slot(&run, other);
+            let suspect = Arc::new(census.disagree(slot));
+            if !suspect.iter().any(|&b| b) {
+                continue;
+            }
+            run.progress.phase(
+                &format!(
+                    "db {db}: looking in {} for keys {} lacks",
+                    regions[other].name, regions[reference].name
+                ),
+                dbsize(&mut conns[other].clone()).await?,
+            );
+            let chunks = scan(
+                scanners[other].clone(),
+                pattern.clone(),
+                options.chunk,
+                &run,
+                Arc::new({
+                    let census = census.clone();
+                    move |key: &[u8]| suspect[census.bucket(key)]
+                }),
+            );
             passes.spawn(drive(chunks, {
                 let (run, conns) = (run.clone(), conns.clone());
                 move |keys| {
@@ -501,19 +541,7 @@ pub async fn verify(
                 }
             }));
         }
-        let mut failure = None;
-        while let Some(done) = passes.join_next().await {
-            if matches!(&done, Err(join) if join.is_cancelled()) {
-                continue; // aborted below after another pass failed
-            }
-            if let Err(err) = joined(done) {
-                failure.get_or_insert(err);
-                passes.abort_all();
-            }
-        }
-        if let Some(err) = failure {
-            return Err(err);
-        }
+        join_passes(passes).await?;
     }
     run.progress.finish();
     let tally = run.tally();
@@ -528,6 +556,88 @@ pub async fn verify(
     })
 }
 
+/// Waits for every pass; the first error aborts the others and is returned.
+async fn join_passes(mut passes: JoinSet<Result<(), VerifyError>>) -> Result<(), VerifyError> {
+    let mut failure = None;
+    while let Some(done) = passes.join_next().await {
+        if matches!(&done, Err(join) if join.is_cancelled()) {
+            continue; // aborted below after another pass failed
+        }
+        if let Err(err) = joined(done) {
+            failure.get_or_insert(err);
+            passes.abort_all();
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Buckets of a [`Census`], per region: 1 MiB per other region, whatever its size.
+const BUCKETS: usize = 1 << 16;
+
+/// Which of the two tallies of a [`Census`] keys go to.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Keys pass 1 found in the region (the reference's keys it also holds).
+    Found,
+    /// Keys the region's own `SCAN` returned.
+    Held,
+}
+
+/// Which keys every other region holds, summed per bucket of key names, twice: over the
+/// keys pass 1 found there and over the keys the region's own scan returned. Where a
+/// bucket's two sums agree, the region holds no key of that bucket that the reference
+/// lacks, and nothing has to be looked up; where they differ (a key only that region holds,
+/// a key written or expired during the run, a key `SCAN` returned twice), pass 3 looks up
+/// that bucket's keys in the reference. A key is placed and summed by two hashes keyed at
+/// random for the run, so an extra key hides only if 64-bit hashes collide.
+struct Census {
+    bucket: RandomState,
+    sum: RandomState,
+    /// Per other region (by report slot): per bucket, the sums of the Found and Held keys.
+    regions: Vec<Mutex<(Vec<u64>, Vec<u64>)>>,
+}
+
+impl Census {
+    fn new(others: usize) -> Census {
+        Census {
+            bucket: RandomState::new(),
+            sum: RandomState::new(),
+            regions: (0..others)
+                .map(|_| Mutex::new((vec![0; BUCKETS], vec![0; BUCKETS])))
+                .collect(),
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> usize {
+        self.bucket.hash_one(key) as usize % BUCKETS
+    }
+
+    /// Counts `keys` on `side` of region `slot`.
+    fn add<'k>(&self, slot: usize, side: Side, keys: impl Iterator<Item = &'k [u8]>) {
+        // Hash outside the lock: pass 1 and pass 2 add to the same region at once.
+        let placed: Vec<(usize, u64)> = keys
+            .map(|k| (self.bucket(k), self.sum.hash_one(k)))
+            .collect();
+        let mut sums = self.regions[slot].lock().unwrap_or_else(|p| p.into_inner());
+        let sums = match side {
+            Side::Found => &mut sums.0,
+            Side::Held => &mut sums.1,
+        };
+        for (bucket, hash) in placed {
+            sums[bucket] = sums[bucket].wrapping_add(hash);
+        }
+    }
+
+    /// Per bucket, whether the two sums of region `slot` differ.
+    fn disagree(&self, slot: usize) -> Vec<bool> {
+        let sums = self.regions[slot].lock().unwrap_or_else(|p| p.into_inner());
+        sums.0.iter().zip(&sums.1).map(|(a, b)| a != b).collect()
+    }
+}
+
 async fn dbsize(conn: &mut Conn) -> Result<u64, VerifyError> {
     redis::cmd("DBSIZE")
         .query_async(&mut conn.conn)
@@ -535,56 +645,42 @@ async fn dbsize(conn: &mut Conn) -> Result<u64, VerifyError> {
         .map_err(|e| conn.err(e))
 }
 
-/// Something a scanner yields, sorted and deduplicated by its key name.
-trait Named {
-    fn name(&self) -> &[u8];
-}
-
-impl Named for Vec<u8> {
-    fn name(&self) -> &[u8] {
-        self
-    }
-}
-
-impl Named for (Vec<u8>, Seen) {
-    fn name(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// A scanner task: chunks of keys (sorted, deduplicated) through a bounded channel.
-struct Chunks<T> {
-    rx: mpsc::Receiver<Vec<T>>,
+/// A scanner task: chunks of user keys (sorted, deduplicated) through a bounded channel.
+struct Chunks {
+    rx: mpsc::Receiver<Vec<Vec<u8>>>,
     scanner: tokio::task::JoinHandle<Result<(), VerifyError>>,
 }
 
-/// Runs `step` (one `SCAN` step from a cursor: the next cursor, the keys `SCAN` returned,
-/// and the user keys among them) until the scan is over, in chunks of at least `chunk`
-/// user keys.
-fn scan<T, S, Fut>(conn: Conn, chunk: usize, run: &Arc<Run>, step: S) -> Chunks<T>
-where
-    T: Named + Send + 'static,
-    S: Fn(MultiplexedConnection, u64) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = redis::RedisResult<(u64, u64, Vec<T>)>> + Send,
-{
+/// Keys a scanner passes on (beside skipping Regis's metadata).
+type Keep = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>, keep: Keep) -> Chunks {
     let (tx, rx) = mpsc::channel(PARALLEL);
     let run = run.clone();
     let chunk = chunk.max(1);
     let scanner = tokio::spawn(async move {
         let mut cursor: u64 = 0;
-        let mut pending: Vec<T> = Vec::with_capacity(chunk);
+        let mut pending: Vec<Vec<u8>> = Vec::with_capacity(chunk);
         loop {
-            let (next, scanned, keys) = step(conn.conn.clone(), cursor)
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern.as_slice())
+                .arg("COUNT")
+                .arg(chunk)
+                .query_async(&mut conn.conn)
                 .await
                 .map_err(|e| conn.err(e))?;
-            run.progress.advance(scanned);
-            pending.extend(keys);
+            run.progress.advance(keys.len() as u64);
+            pending.extend(
+                keys.into_iter()
+                    .filter(|k| !k.starts_with(META_PREFIX) && keep(k)),
+            );
             cursor = next;
             if pending.len() >= chunk || (cursor == 0 && !pending.is_empty()) {
                 let mut keys = std::mem::replace(&mut pending, Vec::with_capacity(chunk));
-                // SCAN may return a key twice (when the table is resized between steps).
-                keys.sort_unstable_by(|a, b| a.name().cmp(b.name()));
-                keys.dedup_by(|a, b| a.name() == b.name());
+                keys.sort_unstable();
+                keys.dedup();
                 if tx.send(keys).await.is_err() {
                     // The comparing side stopped (it failed): its error is the one to report.
                     return Ok(());
@@ -599,9 +695,9 @@ where
 }
 
 /// Runs `work` on every chunk, `PARALLEL` at a time; the first error stops everything.
-async fn drive<T, F, Fut>(chunks: Chunks<T>, work: F) -> Result<(), VerifyError>
+async fn drive<F, Fut>(chunks: Chunks, work: F) -> Result<(), VerifyError>
 where
-    F: Fn(Vec<T>) -> Fut,
+    F: Fn(Vec<Vec<u8>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), VerifyError>> + Send + 'static,
 {
     let Chunks { mut rx, scanner } = chunks;
@@ -640,30 +736,31 @@ fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
     }
 }
 
-/// Compares what `reference` and `other` hold for the same keys (`ours`, `theirs`); `None`
-/// where they agree. Keys whose digests differ are read again by type.
+/// Compares `(reference, other)` dumps of the same keys; `None` where they agree. Keys whose
+/// payloads differ (other than a hash-table set or hash listed in another order) are read
+/// again by type.
 async fn judge(
     run: &Run,
     reference: &mut Conn,
     other: &mut Conn,
     keys: &[&[u8]],
-    ours: &[Seen],
-    theirs: &[Seen],
+    ours: &[Dumped],
+    theirs: &[Dumped],
 ) -> Result<Vec<Option<DriftKind>>, VerifyError> {
     let tol = run.tolerance_ms;
     let mut verdicts = Vec::with_capacity(keys.len());
     let mut recheck = Vec::new();
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-        let verdict = match (a.kind, b.kind) {
+        let verdict = match (&a.payload, &b.payload) {
             (None, None) => None,
             (Some(_), None) if a.expiry.imminent(tol) => None,
             (None, Some(_)) if b.expiry.imminent(tol) => None,
             (Some(_), None) => Some(DriftKind::Missing),
             (None, Some(_)) => Some(DriftKind::Extra),
             (Some(x), Some(y)) => {
-                if x != y {
+                if a.kind() != b.kind() {
                     Some(DriftKind::Type)
-                } else if a.fingerprint != b.fingerprint {
+                } else if x != y && !same_unordered(x, y) {
                     recheck.push(i);
                     None
                 } else if !a.expiry.close(b.expiry, tol) {
@@ -677,7 +774,7 @@ async fn judge(
     }
     if !recheck.is_empty() {
         let asks: Vec<(&[u8], Option<read::Kind>)> =
-            recheck.iter().map(|&i| (keys[i], ours[i].kind)).collect();
+            recheck.iter().map(|&i| (keys[i], ours[i].kind())).collect();
         let (left, right) = tokio::join!(
             read::read_normal(&mut reference.conn, &asks),
             read::read_normal(&mut other.conn, &asks),
@@ -699,58 +796,55 @@ async fn judge(
     Ok(verdicts)
 }
 
-/// Both regions' first reads of `keys`, side by side.
-async fn digest_both(
-    run: &Run,
-    reference: &mut Conn,
-    other: &mut Conn,
-    keys: &[&[u8]],
-) -> Result<(Vec<Seen>, Vec<Seen>), VerifyError> {
-    let (ours, theirs) = tokio::join!(
-        digest::digest_keys(&mut reference.conn, keys, run.reading),
-        digest::digest_keys(&mut other.conn, keys, run.reading),
-    );
-    Ok((
-        ours.map_err(|e| reference.err(e))?,
-        theirs.map_err(|e| other.err(e))?,
-    ))
+/// Whether two unequal `DUMP` payloads hold the same hash-table set or hash, listed in
+/// another order ([`rdb`]).
+fn same_unordered(x: &[u8], y: &[u8]) -> bool {
+    match (rdb::normal_of_dump(x), rdb::normal_of_dump(y)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
-/// Pass 1 for one chunk of the reference's keys, read with the scan.
+/// Pass 1 for one chunk of the reference's keys.
 async fn compare_chunk(
     run: &Run,
     conns: &[Conn],
+    census: &Census,
     db: u32,
-    chunk: Vec<(Vec<u8>, Seen)>,
+    keys: Vec<Vec<u8>>,
 ) -> Result<(), VerifyError> {
-    let (keys, ours): (Vec<Vec<u8>>, Vec<Seen>) = chunk.into_iter().unzip();
-    let keys = Arc::new(keys);
-    // Every other region reads the chunk at the same time.
+    // Every region reads the chunk at the same time.
+    // One pipeline, sent to every region.
+    let pipe = Arc::new(read::dump_pipeline(&keys, run.mode));
     let mut reads = JoinSet::new();
     for (index, conn) in conns.iter().enumerate() {
-        if index == run.reference {
-            continue;
-        }
-        let (mut conn, keys, reading) = (conn.clone(), keys.clone(), run.reading);
+        let (mut conn, pipe, mode, n) = (conn.clone(), pipe.clone(), run.mode, keys.len());
         reads.spawn(async move {
-            let seen = digest::digest_keys(&mut conn.conn, &keys, reading)
+            let dumped = read::run_dumps(&mut conn.conn, &pipe, n, mode)
                 .await
                 .map_err(|e| conn.err(e));
-            (index, conn, seen)
+            (index, conn, dumped)
         });
     }
-    let mut reference = conns[run.reference].clone();
-    // Keys that expired under the SCAN are not the reference's keys.
-    let present = ours.iter().filter(|s| s.exists()).count() as u64;
-    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let mut all = Vec::with_capacity(conns.len());
     while let Some(done) = reads.join_next().await {
-        let (index, mut other, theirs) = joined(done);
-        let theirs = theirs?;
-        let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &theirs).await?;
+        let (index, conn, dumped) = joined(done);
+        all.push((index, conn, dumped?));
+    }
+    all.sort_by_key(|(index, _, _)| *index);
+    let (mut reference, ours) = {
+        let (_, conn, dumped) = all.remove(run.reference);
+        (conn, dumped)
+    };
+    // Keys gone from the reference since the SCAN are not the reference's keys.
+    let present = ours.iter().filter(|d| d.payload.is_some()).count() as u64;
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    for (index, mut other, dumped) in all {
+        let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &dumped).await?;
         let identical = verdicts
             .iter()
             .zip(&ours)
-            .filter(|(v, s)| v.is_none() && s.exists())
+            .filter(|(v, d)| v.is_none() && d.payload.is_some())
             .count() as u64;
         let drifted: Vec<(usize, DriftKind)> = verdicts
             .iter()
@@ -758,6 +852,14 @@ async fn compare_chunk(
             .filter_map(|(i, v)| v.map(|k| (i, k)))
             .collect();
         let slot = report_slot(run, index);
+        census.add(
+            slot,
+            Side::Found,
+            refs.iter()
+                .zip(&dumped)
+                .filter(|(_, d)| d.payload.is_some())
+                .map(|(k, _)| *k),
+        );
         run.tally().regions[slot].identical += identical;
         settle_drift(run, &mut reference, &mut other, db, slot, &refs, drifted).await?;
     }
@@ -765,7 +867,7 @@ async fn compare_chunk(
     Ok(())
 }
 
-/// Pass 2 for one chunk of another region's keys: those the reference lacks.
+/// Pass 3 for one chunk of another region's keys: those the reference lacks.
 async fn extras_chunk(
     run: &Run,
     conns: &[Conn],
@@ -794,17 +896,23 @@ async fn extras_chunk(
         .query_async(&mut reference.conn)
         .await
         .map_err(|e| reference.err(e))?;
-    let absent: Vec<&[u8]> = keys
-        .iter()
+    let absent: Vec<Vec<u8>> = keys
+        .into_iter()
         .zip(found)
         .filter(|(_, f)| matches!(f, Value::Int(0)))
-        .map(|(k, _)| k.as_slice())
+        .map(|(k, _)| k)
         .collect();
     if absent.is_empty() {
         return Ok(());
     }
-    let (ours, theirs) = digest_both(run, &mut reference, &mut other, &absent).await?;
-    let verdicts = judge(run, &mut reference, &mut other, &absent, &ours, &theirs).await?;
+    let (ours, theirs) = tokio::join!(
+        read::dump_many(&mut reference.conn, &absent, run.mode),
+        read::dump_many(&mut other.conn, &absent, run.mode),
+    );
+    let ours = ours.map_err(|e| reference.err(e))?;
+    let theirs = theirs.map_err(|e| other.err(e))?;
+    let refs: Vec<&[u8]> = absent.iter().map(Vec::as_slice).collect();
+    let verdicts = judge(run, &mut reference, &mut other, &refs, &ours, &theirs).await?;
     let drifted: Vec<(usize, DriftKind)> = verdicts
         .iter()
         .enumerate()
@@ -812,7 +920,7 @@ async fn extras_chunk(
         .collect();
     run.tally().keys += drifted.len() as u64;
     let slot = report_slot(run, other_index);
-    settle_drift(run, &mut reference, &mut other, db, slot, &absent, drifted).await
+    settle_drift(run, &mut reference, &mut other, db, slot, &refs, drifted).await
 }
 
 /// The index in `Tally::regions` of region `index`.
@@ -840,7 +948,7 @@ async fn settle_drift(
     for &(i, kind) in &drifted {
         run.tally().regions[slot].count(kind);
         if run.want_example() {
-            let detail = describe(run, reference, other, keys[i], kind).await?;
+            let detail = describe(reference, other, keys[i], kind).await?;
             let mut tally = run.tally();
             if tally.examples.len() < run.examples {
                 tally.examples.push(Drift {
@@ -868,7 +976,13 @@ async fn settle_drift(
         }
     }
     // Read the repaired keys back: the run agrees only if they now match.
-    let (ours, theirs) = digest_both(run, reference, other, &repaired).await?;
+    let owned: Vec<Vec<u8>> = repaired.iter().map(|k| k.to_vec()).collect();
+    let (ours, theirs) = tokio::join!(
+        read::dump_many(&mut reference.conn, &owned, run.mode),
+        read::dump_many(&mut other.conn, &owned, run.mode),
+    );
+    let ours = ours.map_err(|e| reference.err(e))?;
+    let theirs = theirs.map_err(|e| other.err(e))?;
     let verdicts = judge(run, reference, other, &repaired, &ours, &theirs).await?;
     let still = verdicts.iter().filter(|v| v.is_some()).count() as u64;
     let mut tally = run.tally();
@@ -879,34 +993,30 @@ async fn settle_drift(
 
 /// What the two regions hold for `key`, in words.
 async fn describe(
-    run: &Run,
     reference: &mut Conn,
     other: &mut Conn,
     key: &[u8],
     kind: DriftKind,
 ) -> Result<String, VerifyError> {
-    let (ours, theirs) = digest_both(run, reference, other, &[key]).await?;
-    let (ours, theirs) = (
-        ours.into_iter().next().unwrap_or(Seen::MISSING),
-        theirs.into_iter().next().unwrap_or(Seen::MISSING),
+    let mode = ExpiryMode::Relative;
+    let keys = [key.to_vec()];
+    let (ours, theirs) = tokio::join!(
+        read::dump_many(&mut reference.conn, &keys, mode),
+        read::dump_many(&mut other.conn, &keys, mode),
     );
-    let (left_ask, right_ask) = ([(key, ours.kind)], [(key, theirs.kind)]);
+    let ours = ours.map_err(|e| reference.err(e))?.remove(0);
+    let theirs = theirs.map_err(|e| other.err(e))?.remove(0);
+    let (left_ask, right_ask) = ([(key, ours.kind())], [(key, theirs.kind())]);
     let (l, r) = tokio::join!(
         read::read_normal(&mut reference.conn, &left_ask),
         read::read_normal(&mut other.conn, &right_ask),
     );
-    let l = l
-        .map_err(|e| reference.err(e))?
-        .pop()
-        .unwrap_or(Normal::Missing);
-    let r = r
-        .map_err(|e| other.err(e))?
-        .pop()
-        .unwrap_or(Normal::Missing);
+    let l = l.map_err(|e| reference.err(e))?.remove(0);
+    let r = r.map_err(|e| other.err(e))?.remove(0);
     let (a, b) = (reference.name.as_str(), other.name.as_str());
-    let side = |n: &Normal, s: &Seen| match n {
+    let side = |n: &Normal, d: &Dumped| match n {
         Normal::Missing => "missing".to_string(),
-        n => format!("{}, {}", n.describe(), s.expiry),
+        n => format!("{}, {}", n.describe(), d.expiry),
     };
     let mut detail = format!("{a}: {}; {b}: {}", side(&l, &ours), side(&r, &theirs));
     if kind == DriftKind::Value
@@ -926,6 +1036,26 @@ mod tests {
         assert_eq!(match_pattern(None), b"*");
         assert_eq!(match_pattern(Some(b"hotel:")), b"hotel:*");
         assert_eq!(match_pattern(Some(b"a*b?[c]\\")), b"a\\*b\\?\\[c\\]\\\\*");
+    }
+
+    #[test]
+    fn the_census_points_at_the_buckets_of_extra_and_repeated_keys() {
+        let census = Census::new(1);
+        let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("k:{i}").into_bytes()).collect();
+        census.add(0, Side::Found, keys.iter().map(Vec::as_slice));
+        census.add(0, Side::Held, keys.iter().rev().map(Vec::as_slice));
+        assert!(!census.disagree(0).contains(&true), "same keys, any order");
+
+        census.add(0, Side::Held, [b"extra".as_slice()].into_iter());
+        let suspect = census.disagree(0);
+        assert_eq!(suspect.iter().filter(|&&b| b).count(), 1);
+        assert!(suspect[census.bucket(b"extra")]);
+
+        // A key SCAN returned twice is a disagreement too, never a hiding place.
+        let census = Census::new(1);
+        census.add(0, Side::Found, [b"a".as_slice(), b"a"].into_iter());
+        census.add(0, Side::Held, [b"a".as_slice(), b"b"].into_iter());
+        assert!(census.disagree(0).contains(&true));
     }
 
     #[test]
