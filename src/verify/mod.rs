@@ -7,19 +7,35 @@
 //!
 //! 1. The reference is `SCAN`ned (never `KEYS`), a chunk of keys at a time. Each chunk is read
 //!    in every region with one pipeline of `DUMP` and `PEXPIRETIME` per key
-//!    ([`read::dump_many`]); keys whose payloads differ are read again by type and compared
-//!    in a normal form ([`read::read_normal`]), and expiries are compared within a
-//!    tolerance. A key missing in a region, or expiring within the tolerance in one and gone
-//!    in the other, is told apart.
-//! 2. Every other region is `SCAN`ned for keys the reference lacks: one multi-key `EXISTS`
-//!    per chunk, and single `EXISTS` only when some are missing.
+//!    ([`read::dump_many`]). Keys whose payloads differ are compared in a normal form: a set
+//!    or hash stored as a hash table (whose payload follows each server's own table order)
+//!    is decoded from the payloads already read ([`rdb`]); any other difference is read again
+//!    by type ([`read::read_normal`]). Expiries are compared within a tolerance. A key
+//!    missing in a region, or expiring within the tolerance in one and gone in the other, is
+//!    told apart.
+//! 2. Every other region is `SCAN`ned too, for keys the reference lacks. Instead of looking
+//!    every one of its keys up in the reference, verify takes a census (`Census`): per
+//!    bucket of key names, a keyed hash summed over the keys pass 1 found in that region,
+//!    and over the keys its own scan returned. Equal sums mean the region holds nothing the
+//!    reference lacks in that bucket.
+//! 3. Only the buckets whose sums differ — a key only that region holds, or a key written,
+//!    deleted or expired while the passes ran — are scanned again in that region, and their
+//!    keys looked up in the reference (multi-key `EXISTS`, then single `EXISTS` where some
+//!    are missing). On a quiet system with no drift, pass 3 does not run.
 //!
-//! Each pass (pass 1 over the reference, and one pass 2 per other region, all run side by
-//! side) has a scanner task feeding chunks through a bounded channel to a few comparing
-//! tasks, so at most `regions × (PARALLEL * 2 + 1)` chunks are in memory, whatever the size
-//! of the regions; memory grows only with the largest single value. Regis's own metadata
-//! keys (`__regis:`) are skipped everywhere. Keys written while the scan runs may show as
-//! drift: verify a quiet system, or run it twice.
+//! Each pass (pass 1 over the reference and pass 2 over every other region run side by side;
+//! then pass 3) has a scanner task feeding chunks through a bounded channel to a few
+//! comparing tasks, so at most `regions × (PARALLEL * 2 + 1)` chunks are in memory, plus
+//! the census's fixed 1 MiB per other region, whatever the size of the regions; memory grows
+//! only with the largest single value. Regis's own metadata keys (`__regis:`) are skipped
+//! everywhere. Keys written while the scan runs may show as drift: verify a quiet system,
+//! or run it twice.
+//!
+//! Where the CPU goes (BENCHMARKS.md): each Redis spends most of it on the two commands per
+//! key and on `SCAN`; the rest is `regis verify` parsing the answers. Doing the reads in a
+//! Lua script instead was measured (commit `e63c9f1`): it cut `regis verify`'s CPU by half
+//! but raised each Redis's by more, since a `redis.call` costs Redis more than a pipelined
+//! command.
 //!
 //! # Repair
 //!
@@ -27,9 +43,11 @@
 //! reference's, metadata included ([`repair`]), and is read back and compared again; the run
 //! agrees when every repaired key now matches.
 
+pub mod rdb;
 pub mod read;
 pub mod repair;
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -452,21 +470,23 @@ pub async fn verify(
             total += dbsize(&mut conn.clone()).await?;
         }
         run.progress.phase(&format!("db {db}"), total);
-        // Pass 1 (every key of the reference, in every region) and pass 2 (keys another
-        // region holds and the reference lacks) run side by side, so every region's Redis
-        // is busy for the whole run.
+        // Pass 1 (every key of the reference, in every region) and pass 2 (the census of
+        // the keys every other region holds) run side by side, so every region's Redis is
+        // busy for the whole run.
+        let census = Arc::new(Census::new(regions.len() - 1));
         let mut passes: JoinSet<Result<(), VerifyError>> = JoinSet::new();
         let chunks = scan(
             scanners[reference].clone(),
             pattern.clone(),
             options.chunk,
             &run,
+            Arc::new(|_: &[u8]| true),
         );
         passes.spawn(drive(chunks, {
-            let (run, conns) = (run.clone(), conns.clone());
+            let (run, conns, census) = (run.clone(), conns.clone(), census.clone());
             move |keys| {
-                let (run, conns) = (run.clone(), conns.clone());
-                async move { compare_chunk(&run, &conns, db, keys).await }
+                let (run, conns, census) = (run.clone(), conns.clone(), census.clone());
+                async move { compare_chunk(&run, &conns, &census, db, keys).await }
             }
         }));
         for other in (0..regions.len()).filter(|&i| i != reference) {
@@ -475,6 +495,43 @@ pub async fn verify(
                 pattern.clone(),
                 options.chunk,
                 &run,
+                Arc::new(|_: &[u8]| true),
+            );
+            let slot = report_slot(&run, other);
+            passes.spawn(drive(chunks, {
+                let census = census.clone();
+                move |keys| {
+                    census.add(slot, Side::Held, keys.iter().map(Vec::as_slice));
+                    async { Ok(()) }
+                }
+            }));
+        }
+        join_passes(passes).await?;
+        // Pass 3, only where the census disagrees: the keys of those buckets are looked up
+        // in the reference.
+        let mut passes: JoinSet<Result<(), VerifyError>> = JoinSet::new();
+        for other in (0..regions.len()).filter(|&i| i != reference) {
+            let slot = report_slot(&run, other);
+            let suspect = Arc::new(census.disagree(slot));
+            if !suspect.iter().any(|&b| b) {
+                continue;
+            }
+            run.progress.phase(
+                &format!(
+                    "db {db}: looking in {} for keys {} lacks",
+                    regions[other].name, regions[reference].name
+                ),
+                dbsize(&mut conns[other].clone()).await?,
+            );
+            let chunks = scan(
+                scanners[other].clone(),
+                pattern.clone(),
+                options.chunk,
+                &run,
+                Arc::new({
+                    let census = census.clone();
+                    move |key: &[u8]| suspect[census.bucket(key)]
+                }),
             );
             passes.spawn(drive(chunks, {
                 let (run, conns) = (run.clone(), conns.clone());
@@ -484,19 +541,7 @@ pub async fn verify(
                 }
             }));
         }
-        let mut failure = None;
-        while let Some(done) = passes.join_next().await {
-            if matches!(&done, Err(join) if join.is_cancelled()) {
-                continue; // aborted below after another pass failed
-            }
-            if let Err(err) = joined(done) {
-                failure.get_or_insert(err);
-                passes.abort_all();
-            }
-        }
-        if let Some(err) = failure {
-            return Err(err);
-        }
+        join_passes(passes).await?;
     }
     run.progress.finish();
     let tally = run.tally();
@@ -509,6 +554,88 @@ pub async fn verify(
         repaired: options.repair,
         elapsed: started.elapsed(),
     })
+}
+
+/// Waits for every pass; the first error aborts the others and is returned.
+async fn join_passes(mut passes: JoinSet<Result<(), VerifyError>>) -> Result<(), VerifyError> {
+    let mut failure = None;
+    while let Some(done) = passes.join_next().await {
+        if matches!(&done, Err(join) if join.is_cancelled()) {
+            continue; // aborted below after another pass failed
+        }
+        if let Err(err) = joined(done) {
+            failure.get_or_insert(err);
+            passes.abort_all();
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Buckets of a [`Census`], per region: 1 MiB per other region, whatever its size.
+const BUCKETS: usize = 1 << 16;
+
+/// Which of the two tallies of a [`Census`] keys go to.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Keys pass 1 found in the region (the reference's keys it also holds).
+    Found,
+    /// Keys the region's own `SCAN` returned.
+    Held,
+}
+
+/// Which keys every other region holds, summed per bucket of key names, twice: over the
+/// keys pass 1 found there and over the keys the region's own scan returned. Where a
+/// bucket's two sums agree, the region holds no key of that bucket that the reference
+/// lacks, and nothing has to be looked up; where they differ (a key only that region holds,
+/// a key written or expired during the run, a key `SCAN` returned twice), pass 3 looks up
+/// that bucket's keys in the reference. A key is placed and summed by two hashes keyed at
+/// random for the run, so an extra key hides only if 64-bit hashes collide.
+struct Census {
+    bucket: RandomState,
+    sum: RandomState,
+    /// Per other region (by report slot): per bucket, the sums of the Found and Held keys.
+    regions: Vec<Mutex<(Vec<u64>, Vec<u64>)>>,
+}
+
+impl Census {
+    fn new(others: usize) -> Census {
+        Census {
+            bucket: RandomState::new(),
+            sum: RandomState::new(),
+            regions: (0..others)
+                .map(|_| Mutex::new((vec![0; BUCKETS], vec![0; BUCKETS])))
+                .collect(),
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> usize {
+        self.bucket.hash_one(key) as usize % BUCKETS
+    }
+
+    /// Counts `keys` on `side` of region `slot`.
+    fn add<'k>(&self, slot: usize, side: Side, keys: impl Iterator<Item = &'k [u8]>) {
+        // Hash outside the lock: pass 1 and pass 2 add to the same region at once.
+        let placed: Vec<(usize, u64)> = keys
+            .map(|k| (self.bucket(k), self.sum.hash_one(k)))
+            .collect();
+        let mut sums = self.regions[slot].lock().unwrap_or_else(|p| p.into_inner());
+        let sums = match side {
+            Side::Found => &mut sums.0,
+            Side::Held => &mut sums.1,
+        };
+        for (bucket, hash) in placed {
+            sums[bucket] = sums[bucket].wrapping_add(hash);
+        }
+    }
+
+    /// Per bucket, whether the two sums of region `slot` differ.
+    fn disagree(&self, slot: usize) -> Vec<bool> {
+        let sums = self.regions[slot].lock().unwrap_or_else(|p| p.into_inner());
+        sums.0.iter().zip(&sums.1).map(|(a, b)| a != b).collect()
+    }
 }
 
 async fn dbsize(conn: &mut Conn) -> Result<u64, VerifyError> {
@@ -524,7 +651,10 @@ struct Chunks {
     scanner: tokio::task::JoinHandle<Result<(), VerifyError>>,
 }
 
-fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>) -> Chunks {
+/// Keys a scanner passes on (beside skipping Regis's metadata).
+type Keep = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>, keep: Keep) -> Chunks {
     let (tx, rx) = mpsc::channel(PARALLEL);
     let run = run.clone();
     let chunk = chunk.max(1);
@@ -542,7 +672,10 @@ fn scan(mut conn: Conn, pattern: Vec<u8>, chunk: usize, run: &Arc<Run>) -> Chunk
                 .await
                 .map_err(|e| conn.err(e))?;
             run.progress.advance(keys.len() as u64);
-            pending.extend(keys.into_iter().filter(|k| !k.starts_with(META_PREFIX)));
+            pending.extend(
+                keys.into_iter()
+                    .filter(|k| !k.starts_with(META_PREFIX) && keep(k)),
+            );
             cursor = next;
             if pending.len() >= chunk || (cursor == 0 && !pending.is_empty()) {
                 let mut keys = std::mem::replace(&mut pending, Vec::with_capacity(chunk));
@@ -604,7 +737,8 @@ fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
 }
 
 /// Compares `(reference, other)` dumps of the same keys; `None` where they agree. Keys whose
-/// payloads differ are read again by type.
+/// payloads differ (other than a hash-table set or hash listed in another order) are read
+/// again by type.
 async fn judge(
     run: &Run,
     reference: &mut Conn,
@@ -626,7 +760,7 @@ async fn judge(
             (Some(x), Some(y)) => {
                 if a.kind() != b.kind() {
                     Some(DriftKind::Type)
-                } else if x != y {
+                } else if x != y && !same_unordered(x, y) {
                     recheck.push(i);
                     None
                 } else if !a.expiry.close(b.expiry, tol) {
@@ -662,10 +796,20 @@ async fn judge(
     Ok(verdicts)
 }
 
+/// Whether two unequal `DUMP` payloads hold the same hash-table set or hash, listed in
+/// another order ([`rdb`]).
+fn same_unordered(x: &[u8], y: &[u8]) -> bool {
+    match (rdb::normal_of_dump(x), rdb::normal_of_dump(y)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Pass 1 for one chunk of the reference's keys.
 async fn compare_chunk(
     run: &Run,
     conns: &[Conn],
+    census: &Census,
     db: u32,
     keys: Vec<Vec<u8>>,
 ) -> Result<(), VerifyError> {
@@ -708,6 +852,14 @@ async fn compare_chunk(
             .filter_map(|(i, v)| v.map(|k| (i, k)))
             .collect();
         let slot = report_slot(run, index);
+        census.add(
+            slot,
+            Side::Found,
+            refs.iter()
+                .zip(&dumped)
+                .filter(|(_, d)| d.payload.is_some())
+                .map(|(k, _)| *k),
+        );
         run.tally().regions[slot].identical += identical;
         settle_drift(run, &mut reference, &mut other, db, slot, &refs, drifted).await?;
     }
@@ -715,7 +867,7 @@ async fn compare_chunk(
     Ok(())
 }
 
-/// Pass 2 for one chunk of another region's keys: those the reference lacks.
+/// Pass 3 for one chunk of another region's keys: those the reference lacks.
 async fn extras_chunk(
     run: &Run,
     conns: &[Conn],
@@ -884,6 +1036,26 @@ mod tests {
         assert_eq!(match_pattern(None), b"*");
         assert_eq!(match_pattern(Some(b"hotel:")), b"hotel:*");
         assert_eq!(match_pattern(Some(b"a*b?[c]\\")), b"a\\*b\\?\\[c\\]\\\\*");
+    }
+
+    #[test]
+    fn the_census_points_at_the_buckets_of_extra_and_repeated_keys() {
+        let census = Census::new(1);
+        let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("k:{i}").into_bytes()).collect();
+        census.add(0, Side::Found, keys.iter().map(Vec::as_slice));
+        census.add(0, Side::Held, keys.iter().rev().map(Vec::as_slice));
+        assert!(!census.disagree(0).contains(&true), "same keys, any order");
+
+        census.add(0, Side::Held, [b"extra".as_slice()].into_iter());
+        let suspect = census.disagree(0);
+        assert_eq!(suspect.iter().filter(|&&b| b).count(), 1);
+        assert!(suspect[census.bucket(b"extra")]);
+
+        // A key SCAN returned twice is a disagreement too, never a hiding place.
+        let census = Census::new(1);
+        census.add(0, Side::Found, [b"a".as_slice(), b"a"].into_iter());
+        census.add(0, Side::Held, [b"a".as_slice(), b"b"].into_iter());
+        assert!(census.disagree(0).contains(&true));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! whatever their types, and the `DUMP` payload's first byte names the type. Two equal
 //! payloads mean equal values. Unequal payloads do not yet mean drift — a set's or a large
 //! hash's serialization follows its hash table's order, which differs between servers, and a
-//! string may be stored in another encoding — so such keys are read again by type (`GET`,
-//! `HGETALL`, `SMEMBERS`, `ZRANGE … WITHSCORES`, `LRANGE`) and compared in a normal form.
+//! string may be stored in another encoding — so such keys are compared in a normal form:
+//! hash-table sets and hashes decoded from the payloads themselves ([`super::rdb`]), any
+//! other key read again by type (`GET`, `HGETALL`, `SMEMBERS`, `ZRANGE … WITHSCORES`,
+//! `LRANGE`).
 
 use std::cmp::Ordering;
 
