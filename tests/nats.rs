@@ -509,10 +509,10 @@ async fn queue_figures_count_messages_with_two_hubs_publishing_batches() {
     let nats = nats_server();
     let (bus_a, bus_b) = (hub_bus(&nats, 0).await, hub_bus(&nats, 1).await);
     let convergence = regis::command::Convergence::Lww;
-    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18)
+    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18, 16)
         .await
         .unwrap();
-    let hub_b = regis::hub::Hub::new(bus_b.clone(), 1, convergence, 1 << 18)
+    let hub_b = regis::hub::Hub::new(bus_b.clone(), 1, convergence, 1 << 18, 16)
         .await
         .unwrap();
     let r0 = |stats: Vec<QueueStats>| stats.into_iter().next().unwrap();
@@ -557,7 +557,7 @@ async fn queue_figures_count_messages_with_two_hubs_publishing_batches() {
     bus_a.close().await;
     drop(hub_a);
     let bus_a = hub_bus(&nats, 0).await;
-    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18)
+    let hub_a = regis::hub::Hub::new(bus_a.clone(), 0, convergence, 1 << 18, 16)
         .await
         .unwrap();
     publish_n(&hub_a, 60).await;

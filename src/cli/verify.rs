@@ -25,7 +25,9 @@ pub struct VerifyArgs {
     /// The hub's config file: its [[regions]] are compared.
     #[arg(long, short, required_unless_present = "redis")]
     pub config: Option<PathBuf>,
-    /// A region to compare as NAME=URL (repeatable), instead of or besides --config.
+    /// A region to compare as NAME=URL (repeatable), instead of or besides --config. The
+    /// NAME of a region in --config gives its URL instead of the file's (a region with
+    /// `worker = "remote"` has none there).
     #[arg(long = "redis", value_name = "NAME=URL")]
     pub redis: Vec<String>,
     /// Make every other region match the --from region: drifted keys are copied with their
@@ -92,9 +94,12 @@ impl Progress for Bar {
     }
 }
 
-/// The regions named by `--config` and `--redis`, in that order.
+/// The regions named by `--config` and `--redis`, in that order. A `--redis NAME=URL` whose
+/// name is a region of the config file gives that region's URL (a region whose worker is
+/// remote has no URL in the hub's config; another may be reachable at another address from
+/// where verify runs).
 fn regions(args: &VerifyArgs) -> anyhow::Result<Vec<Region>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Region> = Vec::new();
     if let Some(path) = &args.config {
         let config = Config::load(path)?;
         out.extend(config.regions.into_iter().map(|r| Region {
@@ -102,6 +107,7 @@ fn regions(args: &VerifyArgs) -> anyhow::Result<Vec<Region>> {
             url: r.redis,
         }));
     }
+    let from_config = out.len();
     for spec in &args.redis {
         let Some((name, url)) = spec.split_once('=') else {
             return Err(anyhow!(
@@ -113,6 +119,10 @@ fn regions(args: &VerifyArgs) -> anyhow::Result<Vec<Region>> {
                 "--redis {name}: {url:?} is not a Redis URL ({err})"
             ));
         }
+        if let Some(region) = out[..from_config].iter_mut().find(|r| r.name == name) {
+            region.url = url.to_string();
+            continue;
+        }
         out.push(Region {
             name: name.to_string(),
             url: url.to_string(),
@@ -122,6 +132,13 @@ fn regions(args: &VerifyArgs) -> anyhow::Result<Vec<Region>> {
         if out[..i].iter().any(|r| r.name == region.name) {
             return Err(anyhow!(
                 "region {:?} is named twice; give every region its own name",
+                region.name
+            ));
+        }
+        if region.url.is_empty() {
+            return Err(anyhow!(
+                "region {:?} has no Redis URL in the config (its worker is remote): give it with --redis {}=redis://HOST:PORT",
+                region.name,
                 region.name
             ));
         }
@@ -264,4 +281,81 @@ pub fn summary(report: &Report) -> String {
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        verify: VerifyArgs,
+    }
+
+    fn args(config: &std::path::Path, redis: &[&str]) -> VerifyArgs {
+        let mut argv = vec![
+            "verify".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        for spec in redis {
+            argv.push("--redis".into());
+            argv.push(spec.to_string());
+        }
+        Cli::parse_from(argv).verify
+    }
+
+    fn config_with_a_remote_region() -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(
+            file.path(),
+            r#"
+[[regions]]
+name = "singapore"
+redis = "redis://127.0.0.1:6379"
+[[regions]]
+name = "mumbai"
+worker = "remote"
+"#,
+        )
+        .expect("write config");
+        file
+    }
+
+    #[test]
+    fn a_remote_region_needs_its_url_on_the_command_line() {
+        let config = config_with_a_remote_region();
+        let err = regions(&args(config.path(), &[])).expect_err("no URL for mumbai");
+        let text = err.to_string();
+        assert!(text.contains("\"mumbai\""), "{text}");
+        assert!(text.contains("--redis mumbai="), "{text}");
+    }
+
+    #[test]
+    fn redis_named_like_a_config_region_gives_its_url() {
+        let config = config_with_a_remote_region();
+        let got = regions(&args(
+            config.path(),
+            &[
+                "mumbai=redis://10.0.0.2:6379",
+                "extra=redis://10.0.0.3:6379",
+            ],
+        ))
+        .expect("regions");
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|r| (r.name.as_str(), r.url.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("singapore", "redis://127.0.0.1:6379"),
+                ("mumbai", "redis://10.0.0.2:6379"),
+                ("extra", "redis://10.0.0.3:6379"),
+            ]
+        );
+    }
 }
