@@ -587,3 +587,41 @@ async fn in_an_idle_region_every_waiting_lease_comes_back_within_its_wait() {
     );
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_large_messages_stops_at_its_byte_budget() {
+    use regis::bus::remote::wire::{LeaseResponse, MAX_LEASE_BYTES};
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&remote_config(&data.path().join("bus"), &regions)).await;
+    let addr = hub.http_addr();
+    let padding = "x".repeat(200 * 1024);
+    let published = 60;
+    for i in 0..published {
+        publish_as(addr, json!([["SET", format!("key{i}"), padding]]))
+            .await
+            .unwrap();
+    }
+    // 12 MiB waiting; a lease asking for 10,000 messages gets no more than its budget.
+    let mut leased = 0;
+    let mut leases = 0;
+    while leased < published {
+        let answer = lease(addr, 7, 10_000, 1_000).await;
+        assert_eq!(answer.status(), 200);
+        let lease: LeaseResponse = postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
+        assert!(
+            !lease.deliveries.is_empty(),
+            "{leased} of {published} leased"
+        );
+        let bytes: usize = lease.deliveries.iter().map(|d| d.body.len()).sum();
+        assert!(
+            bytes <= MAX_LEASE_BYTES,
+            "a lease holds {bytes} bytes of bodies, above its budget of {MAX_LEASE_BYTES}"
+        );
+        leased += lease.deliveries.len();
+        leases += 1;
+    }
+    assert_eq!(leased, published);
+    assert_eq!(leases, 2, "12 MiB takes two leases of 8 MiB at most");
+    hub.shutdown().await;
+}

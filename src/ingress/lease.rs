@@ -25,8 +25,9 @@
 //! and the next is already waiting. Settlements carried by a lease are applied before it
 //! takes its turn, so they never wait behind another request's long-poll.
 //!
-//! Bodies are limited to [`wire::MAX_REQUEST_BYTES`]; the memory a lease holds is its own
-//! batch, so a region far behind costs the hub disk, not memory.
+//! Bodies are limited to [`wire::MAX_REQUEST_BYTES`]. The memory a lease holds is its own
+//! batch, at most `max` messages and [`wire::MAX_LEASE_BYTES`] of bodies (see
+//! [`Filling`]), so a region far behind costs the hub disk, not memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -292,7 +293,8 @@ async fn lease<B: Bus>(
                 return Ok(Vec::new());
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            receive_batch(&state.bus, &region, max, left, linger).await
+            let filling = Filling::new(max, state.hub.max_message_bytes());
+            receive_batch(&state.bus, &region, filling, left, linger).await
         };
         let session = state.lease.join(request.session);
         let received = tokio::select! {
@@ -331,31 +333,80 @@ async fn lease<B: Bus>(
     }
 }
 
-/// Up to `max` messages: waits `wait` for the first, then up to `linger` for more.
+/// A lease being filled: it stops at `max` messages or at [`wire::MAX_LEASE_BYTES`] of
+/// message bodies, whichever comes first.
+///
+/// The bus cannot be told a byte budget, and what it leased cannot be handed back without
+/// counting as a receive, so the budget is kept by asking it for no more messages than fit
+/// even if each were as large as a message may be (`largest`: the hub's
+/// `max_message_bytes`, or a larger body already seen). Small messages therefore take a few
+/// receives of `MAX_LEASE_BYTES / largest` (32 at the default 256 KiB) instead of one.
+struct Filling {
+    deliveries: Vec<Delivery>,
+    bytes: usize,
+    max: usize,
+    largest: usize,
+}
+
+impl Filling {
+    fn new(max: usize, largest: usize) -> Filling {
+        Filling {
+            deliveries: Vec::new(),
+            bytes: 0,
+            max,
+            largest: largest.max(1),
+        }
+    }
+
+    /// How many messages the next receive may ask for, `None` once the lease is full. The
+    /// first receive always may take one, however large.
+    fn room(&self) -> Option<usize> {
+        let count = self.max.saturating_sub(self.deliveries.len());
+        let bytes = wire::MAX_LEASE_BYTES.saturating_sub(self.bytes) / self.largest;
+        let bytes = if self.deliveries.is_empty() {
+            bytes.max(1)
+        } else {
+            bytes
+        };
+        Some(count.min(bytes)).filter(|&n| n > 0)
+    }
+
+    fn extend(&mut self, more: Vec<Delivery>) {
+        for delivery in &more {
+            self.bytes += delivery.body.len();
+            self.largest = self.largest.max(delivery.body.len());
+        }
+        self.deliveries.extend(more);
+    }
+}
+
+/// Fills `filling`: waits `wait` for a first message, then up to `linger` for more (taking
+/// at once what is already there, however many receives the byte budget needs).
 async fn receive_batch<B: Bus>(
     bus: &B,
     region: &str,
-    max: usize,
+    mut filling: Filling,
     wait: Duration,
     linger: Duration,
 ) -> Result<Vec<Delivery>, BusError> {
-    let mut deliveries = bus.receive(region, max, wait).await?;
-    if deliveries.is_empty() || linger.is_zero() {
-        return Ok(deliveries);
+    let Some(room) = filling.room() else {
+        return Ok(Vec::new());
+    };
+    let first = bus.receive(region, room, wait).await?;
+    if first.is_empty() {
+        return Ok(first);
     }
+    filling.extend(first);
     let deadline = tokio::time::Instant::now() + linger;
-    while deliveries.len() < max {
+    while let Some(room) = filling.room() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let more = bus.receive(region, max - deliveries.len(), left).await?;
+        let more = bus.receive(region, room, left).await?;
         if more.is_empty() {
             break;
         }
-        deliveries.extend(more);
+        filling.extend(more);
     }
-    Ok(deliveries)
+    Ok(filling.deliveries)
 }
 
 async fn settle<B: Bus>(
@@ -390,4 +441,60 @@ async fn release<B: Bus>(
     };
     state.lease.release(request.session);
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::bus::Receipt;
+
+    fn deliveries(n: usize, size: usize) -> Vec<Delivery> {
+        (0..n)
+            .map(|i| Delivery {
+                receipt: Receipt(format!("f:{i}:1")),
+                body: Bytes::from(vec![1u8; size]),
+                receive_count: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lease_stops_at_its_byte_budget_whatever_its_max() {
+        const KIB: usize = 1024;
+        // 256 KiB messages, 10,000 asked for: never more than the budget.
+        let mut filling = Filling::new(10_000, 256 * KIB);
+        while let Some(room) = filling.room() {
+            filling.extend(deliveries(room, 256 * KIB));
+        }
+        assert_eq!(
+            filling.deliveries.len(),
+            wire::MAX_LEASE_BYTES / (256 * KIB)
+        );
+        assert!(filling.bytes <= wire::MAX_LEASE_BYTES);
+
+        // Small messages fill the count, in chunks the budget allows.
+        let mut filling = Filling::new(1000, 256 * KIB);
+        assert_eq!(filling.room(), Some(32));
+        let mut receives = 0;
+        while let Some(room) = filling.room() {
+            filling.extend(deliveries(room, 250));
+            receives += 1;
+        }
+        assert_eq!(filling.deliveries.len(), 1000);
+        assert!(receives <= 34, "{receives} receives of about 32");
+
+        // One message larger than the budget still goes, alone.
+        let mut filling = Filling::new(100, 12 * 1024 * KIB);
+        assert_eq!(filling.room(), Some(1));
+        filling.extend(deliveries(1, 12 * 1024 * KIB));
+        assert_eq!(filling.room(), None);
+
+        // A body larger than max_message_bytes (published under an older, larger limit)
+        // makes the next asks smaller.
+        let mut filling = Filling::new(10_000, 64 * KIB);
+        filling.extend(deliveries(1, 4 * 1024 * KIB));
+        assert_eq!(filling.room(), Some(1));
+    }
 }

@@ -25,6 +25,12 @@ pub const CONTENT_TYPE: &str = "application/x-regis-postcard";
 
 /// The most messages one lease returns (`worker.batch_size`'s upper bound).
 pub const MAX_LEASE: u32 = 10_000;
+/// The most bytes of message bodies one lease returns, whatever its `max`: the hub holds a
+/// lease's messages in memory while it is filled and sent, so this (times the requests in
+/// flight) is what a remote region costs the hub's memory, however far behind it is. A
+/// lease always gets at least one message, so one message above this (a `max_message_bytes`
+/// over 8 MiB) still goes, alone.
+pub const MAX_LEASE_BYTES: usize = 8 * 1024 * 1024;
 /// The longest a lease request waits for a first message.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The longest a lease lingers to fill its batch once it has a first message.
