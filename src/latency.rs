@@ -168,7 +168,6 @@ mod tests {
     #[test]
     fn the_rate_divides_by_the_time_the_counted_slices_span() {
         let started = Instant::now();
-        let window = LatencyWindow::starting_at(started);
         let at = |secs: f64| started + Duration::from_secs_f64(secs);
         // One message every second, half a second into it, until `now`.
         let steady = |now: f64| {
