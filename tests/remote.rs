@@ -131,7 +131,7 @@ async fn assert_acknowledged_everywhere(
 /// r1 behind the proxy.
 struct Wan {
     regions: Vec<RedisProcess>,
-    _env: Env,
+    env: Env,
     config_path: std::path::PathBuf,
     addr: SocketAddr,
     serve: ServeProcess,
@@ -157,7 +157,7 @@ impl Wan {
         let worker = Wan::worker(&proxy, &regions[1]);
         Wan {
             regions,
-            _env: env,
+            env,
             config_path,
             addr,
             serve,
@@ -196,12 +196,19 @@ impl Wan {
     }
 
     async fn in_flight(&self, region: &str) -> u64 {
+        self.region_status(region).await["in_flight"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// `region`'s entry in `GET /v1/status`.
+    async fn region_status(&self, region: &str) -> Value {
         let status = self.status().await;
         status["regions"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["name"] == region))
-            .and_then(|r| r["in_flight"].as_u64())
-            .unwrap_or(0)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -624,4 +631,89 @@ async fn a_lease_of_large_messages_stops_at_its_byte_budget() {
     assert_eq!(leased, published);
     assert_eq!(leases, 2, "12 MiB takes two leases of 8 MiB at most");
     hub.shutdown().await;
+}
+
+/// Stopped right after it applied a batch, a worker still settles it: the lease request
+/// carrying its Ack is cancelled by the stop, and must not take the Ack with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_right_after_applying_settles_what_it_applied() {
+    let mut wan = Wan::start().await;
+    // A worker of our own for r1, whose log shows when it is stopping.
+    wan.worker.kill_9();
+    let log_path = wan.env.data.path().join("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let hub = format!("http://{}", wan.proxy.addr());
+    let redis = wan.regions[1].url();
+    let mut worker = WorkerProcess::run_with_stderr(
+        &[
+            "worker",
+            "--hub",
+            &hub,
+            "--region",
+            "r1",
+            "--redis",
+            &redis,
+            "--concurrency",
+            "2",
+        ],
+        &[("REGIS_TOKEN", WORKER), ("RUST_LOG", "info")],
+        log.into(),
+    );
+    let exists = |key: &'static str| {
+        let region = &wan.regions[1];
+        async move {
+            matches!(
+                redis_cmd(region, &["EXISTS", key]).await,
+                redis::Value::Int(1)
+            )
+        }
+    };
+    let warm = eventually(Duration::from_secs(20), || async {
+        publish_as(wan.addr, json!([["SET", "warm", "1"]]))
+            .await
+            .is_ok()
+            && exists("warm").await
+    })
+    .await;
+    assert!(warm, "the remote worker applies");
+    publish_as(wan.addr, json!([["SET", "last", "1"]]))
+        .await
+        .unwrap();
+    // The moment it is applied, its Ack is on its way to the hub, riding on the next lease
+    // request (70 ms across the link). Hold it in the link, stop the worker, then drop
+    // everything in the link: only what the worker sends after it was stopped arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exists("last").await {
+        assert!(
+            Instant::now() < deadline,
+            "the remote worker applies the last message"
+        );
+    }
+    wan.proxy.partition();
+    worker.signal_term();
+    let stopping = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("stopping"))
+    })
+    .await;
+    assert!(stopping, "the worker logs that it is stopping");
+    wan.proxy.reset_all();
+    wan.proxy.heal();
+    let status = worker.wait();
+    assert!(
+        status.success(),
+        "regis worker exits 0 on SIGTERM: {status:?}"
+    );
+    // Settled, the message is gone from the hub's queue before its lease (3 s) expires; an
+    // Ack lost in the stop would leave it in flight, then deliver it again.
+    let settled = eventually(Duration::from_millis(2500), || async {
+        let r1 = wan.region_status("r1").await;
+        r1["in_flight"] == 0 && r1["depth"] == 0
+    })
+    .await;
+    assert!(
+        settled,
+        "the stopped worker settled the batch it applied: {}\n{}",
+        wan.region_status("r1").await,
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
 }

@@ -39,9 +39,17 @@ pub const MAX_LINGER: Duration = Duration::from_secs(1);
 pub const MAX_SETTLEMENTS: usize = 20_000;
 /// A settlement's reason longer than this is cut (it is only kept as the last error).
 pub const MAX_REASON_BYTES: usize = 4096;
-/// The largest lease or settle request body: `MAX_SETTLEMENTS` settlements with receipts
-/// and reasons well within it.
+/// The most bytes of settlements (by [`Settlement::size_bound`]) a worker puts in one
+/// request. `MAX_SETTLEMENTS` settlements with full-length reasons would be ~80 MiB, so a
+/// worker with that much to settle splits it across requests.
+pub const MAX_SETTLE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest lease or settle request body the hub accepts (`413` beyond). A worker's
+/// request is at most [`MAX_SETTLE_BYTES`] of settlements plus [`REQUEST_OVERHEAD`], well
+/// within it.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The bytes a lease or settle request takes besides its settlements, at most: its other
+/// fields and the settlements' count, each a varint of at most 10 bytes.
+pub const REQUEST_OVERHEAD: usize = 64;
 
 /// `POST /v1/worker/regions/{region}/lease`: settle what is done, then lease more.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -168,6 +176,16 @@ fn cut(mut reason: String) -> String {
 }
 
 impl Settlement {
+    /// Bytes this settlement takes in a request, at most: its receipt and reason, their
+    /// lengths (varints of at most 10 bytes each), the outcome's tag and delay.
+    pub fn size_bound(&self) -> usize {
+        let reason = match &self.outcome {
+            Outcome::Ack => 0,
+            Outcome::Retry { reason, .. } | Outcome::DeadLetter { reason } => reason.len(),
+        };
+        self.receipt.len() + reason + 40
+    }
+
     /// A bus settlement on the wire.
     pub fn new(receipt: Receipt, settle: Settle) -> Settlement {
         let outcome = match settle {
@@ -266,6 +284,36 @@ mod tests {
         }
         let ack = Settlement::new(Receipt("f:1:1".into()), Settle::Ack).into_bus();
         assert_eq!(ack.1, Settle::Ack);
+    }
+
+    #[test]
+    fn a_settlement_never_takes_more_than_its_size_bound() {
+        let long = "x".repeat(MAX_REASON_BYTES * 2);
+        let receipt =
+            || Receipt("1780000000000 $JS.ACK.REGIS.r0.1.5.5.1780000000000000000.0 7 9".into());
+        for settle in [
+            Settle::Ack,
+            Settle::Retry {
+                after: Duration::MAX,
+                reason: long.clone(),
+            },
+            Settle::DeadLetter {
+                reason: long.clone(),
+            },
+        ] {
+            let s = Settlement::new(receipt(), settle);
+            let encoded = postcard::to_stdvec(&s).unwrap().len();
+            assert!(encoded <= s.size_bound(), "{encoded} > {}", s.size_bound());
+        }
+        let request = LeaseRequest {
+            max: u32::MAX,
+            wait_ms: u32::MAX,
+            linger_ms: u32::MAX,
+            settle: vec![],
+            session: u64::MAX,
+        };
+        assert!(postcard::to_stdvec(&request).unwrap().len() + 10 <= REQUEST_OVERHEAD);
+        const { assert!(MAX_SETTLE_BYTES + REQUEST_OVERHEAD <= MAX_REQUEST_BYTES) };
     }
 
     #[test]
