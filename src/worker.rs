@@ -242,7 +242,7 @@ impl<C: Consume> Consumer<C> {
                     region: &self.metrics,
                     messages: latencies.len() as u64,
                     commands,
-                    duration,
+                    duration: Some(duration),
                     latencies: &latencies,
                 }
                 .emit();
@@ -300,6 +300,7 @@ impl<C: Consume> Consumer<C> {
                 Settle::Retry {
                     after,
                     reason: reason.clone(),
+                    transient: false,
                 }
             }
             Failure::Transient(reason) => {
@@ -312,6 +313,7 @@ impl<C: Consume> Consumer<C> {
                 Settle::Retry {
                     after: self.settings.retry_backoff,
                     reason: reason.clone(),
+                    transient: true,
                 }
             }
         };

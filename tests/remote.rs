@@ -201,6 +201,24 @@ impl Wan {
             .unwrap_or(0)
     }
 
+    /// The hub's `GET /metrics`, the value of the series `series` (name and labels as
+    /// rendered), or `None` when it is not exported.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.addr))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("the hub answers")
+            .text()
+            .await
+            .expect("text");
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
     /// `region`'s entry in `GET /v1/status`.
     async fn region_status(&self, region: &str) -> Value {
         let status = self.status().await;
@@ -463,6 +481,13 @@ async fn the_remote_regions_redis_restarted_under_load_loses_nothing() {
     load.wait_for(load.acked() + 100).await;
     let acked = load.finish().await;
     assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+    let transient = wan
+        .metric(r#"regis_retries_total{region="r1",reason="transient"}"#)
+        .await;
+    assert!(
+        transient.is_some_and(|n| n > 0.0),
+        "the hub counts the remote worker's retries during the outage as transient: {transient:?}"
+    );
     let dead = wan.status().await;
     assert!(
         dead["regions"]
@@ -716,4 +741,73 @@ async fn a_worker_stopped_right_after_applying_settles_what_it_applied() {
         wan.region_status("r1").await,
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
+}
+
+/// The hub reports a remote region's applied rate and latency (and the applied metrics) from
+/// the Acks its worker sends back, as it does for a region it applies itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_remote_region_s_applied_rate_and_latency() {
+    let wan = Wan::start().await;
+    let acked = publish_range(wan.addr, 0, 100).await;
+    assert_eq!(acked.len(), 100);
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(30)).await;
+    // The last Acks may still be on their way back.
+    let counted = eventually(Duration::from_secs(10), || async {
+        wan.region_status("r1").await["latency"]["count"]
+            .as_u64()
+            .is_some_and(|n| n >= 100)
+    })
+    .await;
+    let r1 = wan.region_status("r1").await;
+    assert!(counted, "every message applied in r1 is counted: {r1}");
+    let latency = &r1["latency"];
+    assert!(
+        latency["rate_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+        "{r1}"
+    );
+    // Publish to the hub receiving the Ack: the lease's trip out and the Ack's trip back.
+    let round_trip = 2.0 * WAN.as_secs_f64() * 1000.0;
+    for quantile in ["p50_ms", "p99_ms"] {
+        assert!(
+            latency[quantile]
+                .as_f64()
+                .is_some_and(|ms| ms >= round_trip && ms < 10_000.0),
+            "{quantile} covers the round trip: {r1}"
+        );
+    }
+    // The status table shows them too.
+    let output = regis_env(
+        &["status", "--url", &format!("http://{}", wan.addr)],
+        &[("REGIS_TOKEN", ADMIN)],
+    );
+    assert!(output.status.success(), "{}", explain(&output));
+    let row = stdout(&output)
+        .lines()
+        .find(|l| l.starts_with("r1 "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert!(columns.len() >= 8, "a row for r1: {row:?}");
+    let (applied, p50, p99) = (columns[5], columns[6], columns[7]);
+    assert!(
+        applied.parse::<f64>().is_ok_and(|r| r > 0.0) && p50 != "-" && p99 != "-",
+        "APPLIED/S, P50 and P99 of the remote region: {row:?}"
+    );
+    // And the metrics, except the Redis's reachability, which only the worker sees.
+    let applied = wan
+        .metric(r#"regis_applied_messages_total{region="r1"}"#)
+        .await;
+    assert!(applied.is_some_and(|n| n >= 100.0), "{applied:?}");
+    let commands = wan
+        .metric(r#"regis_applied_commands_total{region="r1"}"#)
+        .await;
+    assert!(
+        commands.is_some_and(|n| n >= 200.0),
+        "two commands a message: {commands:?}"
+    );
+    let end_to_end = wan
+        .metric(r#"regis_publish_to_apply_seconds_count{region="r1"}"#)
+        .await;
+    assert!(end_to_end.is_some_and(|n| n >= 100.0), "{end_to_end:?}");
+    assert_eq!(wan.metric(r#"regis_redis_up{region="r1"}"#).await, None);
 }

@@ -661,6 +661,7 @@ mod tests {
                     Settle::Retry {
                         after: Duration::from_secs(1),
                         reason: "é".repeat(wire::MAX_REASON_BYTES),
+                        transient: false,
                     },
                 )
             })

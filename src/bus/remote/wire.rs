@@ -17,8 +17,9 @@ use crate::apply::Applier;
 use crate::bus::{Delivery, Receipt, Settle};
 use crate::command::Convergence;
 
-/// The version of the lease API's binary messages.
-pub const WIRE_VERSION: u32 = 1;
+/// The version of the lease API's binary messages (2: a retry says whether it is
+/// transient).
+pub const WIRE_VERSION: u32 = 2;
 
 /// The content type of postcard bodies.
 pub const CONTENT_TYPE: &str = "application/x-regis-postcard";
@@ -123,6 +124,8 @@ pub enum Outcome {
         after_ms: u64,
         /// The error.
         reason: String,
+        /// The region's Redis was unavailable (not the message's fault).
+        transient: bool,
     },
     /// Poison.
     DeadLetter {
@@ -190,9 +193,14 @@ impl Settlement {
     pub fn new(receipt: Receipt, settle: Settle) -> Settlement {
         let outcome = match settle {
             Settle::Ack => Outcome::Ack,
-            Settle::Retry { after, reason } => Outcome::Retry {
+            Settle::Retry {
+                after,
+                reason,
+                transient,
+            } => Outcome::Retry {
                 after_ms: after.as_millis().min(u128::from(u64::MAX)) as u64,
                 reason: cut(reason),
+                transient,
             },
             Settle::DeadLetter { reason } => Outcome::DeadLetter {
                 reason: cut(reason),
@@ -208,9 +216,14 @@ impl Settlement {
     pub fn into_bus(self) -> (Receipt, Settle) {
         let settle = match self.outcome {
             Outcome::Ack => Settle::Ack,
-            Outcome::Retry { after_ms, reason } => Settle::Retry {
+            Outcome::Retry {
+                after_ms,
+                reason,
+                transient,
+            } => Settle::Retry {
                 after: Duration::from_millis(after_ms),
                 reason: cut(reason),
+                transient,
             },
             Outcome::DeadLetter { reason } => Settle::DeadLetter {
                 reason: cut(reason),
@@ -270,12 +283,18 @@ mod tests {
             Settle::Retry {
                 after: Duration::from_millis(250),
                 reason: long,
+                transient: true,
             },
         );
         let (receipt, settle) = s.into_bus();
         assert_eq!(receipt.0, "r:1:2");
         match settle {
-            Settle::Retry { after, reason } => {
+            Settle::Retry {
+                after,
+                reason,
+                transient,
+            } => {
+                assert!(transient);
                 assert_eq!(after, Duration::from_millis(250));
                 assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
                 assert!(reason.ends_with('…'));
@@ -296,6 +315,7 @@ mod tests {
             Settle::Retry {
                 after: Duration::MAX,
                 reason: long.clone(),
+                transient: true,
             },
             Settle::DeadLetter {
                 reason: long.clone(),
