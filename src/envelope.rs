@@ -101,7 +101,68 @@ pub struct TooLarge {
     pub limit: usize,
 }
 
+/// What the hub needs to know of a message it leases to a remote worker, to report it
+/// applied when the worker's Ack comes back ([`Envelope::peek`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Wall-clock µs since the Unix epoch when the ingress accepted it.
+    pub published_at_us: u64,
+    /// Number of commands.
+    pub commands: usize,
+}
+
+/// The leading fields of an encoded envelope, in [`Envelope`]'s order, and the length of its
+/// commands without them.
+#[derive(Deserialize)]
+struct Prefix {
+    _id: MessageId,
+    _version: Version,
+    published_at_us: u64,
+    _db: u32,
+    commands: SeqLen,
+}
+
+/// A sequence's length, read from its header; its elements are left unread.
+struct SeqLen(usize);
+
+impl<'de> Deserialize<'de> for SeqLen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SeqLen;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<SeqLen, A::Error> {
+                // postcard knows the length up front; no hint means it claims more elements
+                // than there are bytes left.
+                seq.size_hint()
+                    .map(SeqLen)
+                    .ok_or_else(|| serde::de::Error::custom("more commands than bytes"))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
 impl Envelope {
+    /// The publish time and command count of an encoded envelope, read without decoding
+    /// (or copying) its commands: the hub does this for every message it leases to a remote
+    /// worker.
+    pub fn peek(bytes: &[u8]) -> Result<Head, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&FORMAT_V1, rest)) => {
+                let (prefix, _) = postcard::take_from_bytes::<Prefix>(rest)?;
+                Ok(Head {
+                    published_at_us: prefix.published_at_us,
+                    commands: prefix.commands.0,
+                })
+            }
+            Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
+        }
+    }
+
     /// The encoded form stored on the bus.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
@@ -180,6 +241,37 @@ mod tests {
             Command::from_strs(&["HSET", "h", "f", "v"]),
         ]);
         assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn peek_reads_the_head_of_what_decode_reads_whole() {
+        for commands in [
+            vec![Command::from_strs(&["SET", "k", "v"])],
+            (0..300)
+                .map(|i| Command::from_strs(&["INCRBY", &format!("c{i}"), "1"]))
+                .collect(),
+        ] {
+            let env = sample(commands);
+            let head = Envelope::peek(&env.encode()).unwrap();
+            assert_eq!(head.published_at_us, env.published_at_us);
+            assert_eq!(head.commands, env.commands.len());
+        }
+        assert!(matches!(Envelope::peek(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            Envelope::peek(&[9, 1]),
+            Err(DecodeError::UnknownFormat(9))
+        ));
+        // Cut short, or claiming more commands than it holds: an error, not a guess.
+        let bytes = sample(vec![Command::from_strs(&["SET", "k", "v"])]).encode();
+        assert!(Envelope::peek(&bytes[..20]).is_err());
+        let head_len = bytes.len()
+            - 1
+            - postcard::to_stdvec(&vec![Command::from_strs(&["SET", "k", "v"])])
+                .unwrap()
+                .len();
+        let mut lying = bytes[..1 + head_len].to_vec();
+        lying.extend([0xff, 0xff, 0x03]);
+        assert!(Envelope::peek(&lying).is_err());
     }
 
     #[test]

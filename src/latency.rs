@@ -53,22 +53,39 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// The last minute of latencies of one region.
+///
+/// Slices are aligned on the window's creation (slice `n` holds what was recorded between
+/// `started + n × 10 s` and `started + (n + 1) × 10 s`), so the "last minute" is exactly the
+/// current slice and the five before it: from the start of the oldest of them to now,
+/// 50 to 60 seconds. The rate divides by that very span, so what is counted and what it is
+/// divided by always cover the same time.
 #[derive(Debug)]
 pub struct LatencyWindow {
-    slices: Mutex<VecDeque<(Instant, Histogram<u64>)>>,
+    /// `(slice number, its latencies)`, oldest first; slices with nothing recorded are absent.
+    slices: Mutex<VecDeque<(u64, Histogram<u64>)>>,
     started: Instant,
 }
 
 impl Default for LatencyWindow {
     fn default() -> Self {
-        LatencyWindow {
-            slices: Mutex::new(VecDeque::with_capacity(SLICES + 1)),
-            started: Instant::now(),
-        }
+        LatencyWindow::starting_at(Instant::now())
     }
 }
 
 impl LatencyWindow {
+    fn starting_at(started: Instant) -> LatencyWindow {
+        LatencyWindow {
+            slices: Mutex::new(VecDeque::with_capacity(SLICES + 1)),
+            started,
+        }
+    }
+
+    /// The number of the slice `now` falls in.
+    fn slice_at(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.started);
+        (elapsed.as_nanos() / SLICE.as_nanos()) as u64
+    }
+
     /// Records one message's publish→applied latency.
     pub fn record(&self, latency: Duration) {
         self.record_many(std::iter::once(latency));
@@ -76,14 +93,16 @@ impl LatencyWindow {
 
     /// Records several latencies under one lock.
     pub fn record_many(&self, latencies: impl IntoIterator<Item = Duration>) {
-        let now = Instant::now();
+        self.record_at(Instant::now(), latencies);
+    }
+
+    fn record_at(&self, now: Instant, latencies: impl IntoIterator<Item = Duration>) {
+        let slice = self.slice_at(now);
         let mut slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-        if slices
-            .back()
-            .is_none_or(|(start, _)| now.duration_since(*start) >= SLICE)
-        {
-            slices.push_back((now, new_histogram()));
-            while slices.len() > SLICES {
+        if slices.back().is_none_or(|(n, _)| *n < slice) {
+            slices.push_back((slice, new_histogram()));
+            let oldest = slice.saturating_sub(SLICES as u64 - 1);
+            while slices.front().is_some_and(|(n, _)| *n < oldest) {
                 slices.pop_front();
             }
         }
@@ -94,30 +113,32 @@ impl LatencyWindow {
         }
     }
 
-    /// Figures over the last minute (or since start, if younger).
+    /// Figures over the last minute (50 to 60 s, see the type's docs; or since start, if
+    /// younger).
     pub fn last_minute(&self) -> LatencySummary {
-        let window = Duration::from_secs(60);
-        summarize(
-            &self.last_minute_histogram(),
-            window
-                .min(self.started.elapsed())
-                .max(Duration::from_secs(1)),
-        )
+        let (histogram, span) = self.window_at(Instant::now());
+        summarize(&histogram, span.max(Duration::from_secs(1)))
     }
 
     /// Every latency of the last minute (or since start, if younger), in microseconds. The
     /// benchmarks subtract one reading from the next to see each second on its own.
     pub fn last_minute_histogram(&self) -> Histogram<u64> {
-        let now = Instant::now();
-        let window = Duration::from_secs(60);
+        self.window_at(Instant::now()).0
+    }
+
+    /// The latencies of the current slice and the five before it, and the time they span:
+    /// from the start of the oldest of those slices (or the window's creation) to `now`.
+    fn window_at(&self, now: Instant) -> (Histogram<u64>, Duration) {
+        let oldest = self.slice_at(now).saturating_sub(SLICES as u64 - 1);
         let slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
         let mut merged = new_histogram();
-        for (start, histogram) in slices.iter() {
-            if now.duration_since(*start) < window + SLICE {
+        for (n, histogram) in slices.iter() {
+            if *n >= oldest {
                 let _ = merged.add(histogram);
             }
         }
-        merged
+        let from = self.started + SLICE * oldest as u32;
+        (merged, now.saturating_duration_since(from))
     }
 }
 
@@ -142,5 +163,51 @@ mod tests {
             LatencyWindow::default().last_minute(),
             LatencySummary::default()
         );
+    }
+
+    #[test]
+    fn the_rate_divides_by_the_time_the_counted_slices_span() {
+        let started = Instant::now();
+        let at = |secs: f64| started + Duration::from_secs_f64(secs);
+        // One message every second, half a second into it, until `now`.
+        let steady = |now: f64| {
+            let window = LatencyWindow::starting_at(started);
+            let mut second = 0.5;
+            while second < now {
+                window.record_at(at(second), [Duration::from_millis(5)]);
+                second += 1.0;
+            }
+            window
+        };
+        // Readings at every point of a slice: just after a boundary the window spans 50 s,
+        // just before the next one almost 60 s; either way the rate is the true 1/s.
+        for now in [110.01, 110.6, 115.0, 119.9, 120.0] {
+            let (histogram, span) = steady(now).window_at(at(now));
+            let summary = summarize(&histogram, span);
+            assert!(
+                (50.0..=60.0).contains(&span.as_secs_f64()),
+                "at {now}: span {span:?}"
+            );
+            assert!(
+                (summary.rate_per_sec - 1.0).abs() < 0.03,
+                "at {now}: {} messages over {span:?} is {} a second",
+                summary.count,
+                summary.rate_per_sec
+            );
+        }
+        // Nothing older than the oldest counted slice is counted.
+        let window = steady(119.9);
+        let (histogram, span) = window.window_at(at(119.9));
+        assert_eq!(histogram.len(), 60, "slices 6..=11 hold seconds 60..=119");
+        assert!((span.as_secs_f64() - 59.9).abs() < 1e-6, "{span:?}");
+        // Long idle: the slices age out.
+        let (histogram, _) = window.window_at(at(200.0));
+        assert_eq!(histogram.len(), 0);
+        // Young window: the span is the time since it started.
+        let young = LatencyWindow::starting_at(started);
+        young.record_at(at(4.0), [Duration::from_millis(1); 8]);
+        let (histogram, span) = young.window_at(at(4.0));
+        assert_eq!(histogram.len(), 8);
+        assert!((span.as_secs_f64() - 4.0).abs() < 1e-6, "{span:?}");
     }
 }

@@ -190,6 +190,15 @@ pub struct RegionMetrics {
 impl RegionMetrics {
     /// Handles for `region`.
     pub fn new(region: &str) -> RegionMetrics {
+        let mut metrics = RegionMetrics::without_redis(region);
+        metrics.redis_up = gauge!("regis_redis_up", "region" => region.to_string());
+        metrics
+    }
+
+    /// Handles for a region whose Redis this process does not see (the hub, for a region
+    /// whose worker runs elsewhere): everything but `regis_redis_up`, which a series stuck at
+    /// 0 would wrongly report down.
+    pub fn without_redis(region: &str) -> RegionMetrics {
         let r = region.to_string();
         // Register the region's rarer series too, so they export 0 from the start rather
         // than appearing with the first dead letter (a missing series defeats `rate()` and
@@ -209,8 +218,8 @@ impl RegionMetrics {
             apply_duration: histogram!("regis_apply_duration_seconds", "region" => r.clone()),
             end_to_end: histogram!("regis_publish_to_apply_seconds", "region" => r.clone()),
             retried_transient: counter!("regis_retries_total", "region" => r.clone(), "reason" => "transient"),
-            retried_permanent: counter!("regis_retries_total", "region" => r.clone(), "reason" => "permanent"),
-            redis_up: gauge!("regis_redis_up", "region" => r),
+            retried_permanent: counter!("regis_retries_total", "region" => r, "reason" => "permanent"),
+            redis_up: metrics::Gauge::noop(),
         }
     }
 }
@@ -223,8 +232,9 @@ pub struct Applied<'a> {
     pub messages: u64,
     /// Commands applied.
     pub commands: u64,
-    /// Time the Redis round trip(s) took.
-    pub duration: Duration,
+    /// Time the Redis round trip(s) took; `None` where it was not measured (the hub, for a
+    /// remote worker's batch).
+    pub duration: Option<Duration>,
     /// Publish→applied latency of each applied message.
     pub latencies: &'a [Duration],
 }
@@ -234,9 +244,9 @@ impl Applied<'_> {
     pub fn emit(self) {
         self.region.applied_messages.increment(self.messages);
         self.region.applied_commands.increment(self.commands);
-        self.region
-            .apply_duration
-            .record(self.duration.as_secs_f64());
+        if let Some(duration) = self.duration {
+            self.region.apply_duration.record(duration.as_secs_f64());
+        }
         for latency in self.latencies {
             self.region.end_to_end.record(latency.as_secs_f64());
         }

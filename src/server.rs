@@ -139,7 +139,9 @@ impl<B: Bus> Server<B> {
             let latency = Arc::new(LatencyWindow::default());
             if region.worker == WorkerPlacement::Remote {
                 // The hub may have no route to a remote region's Redis: its reachability
-                // stays unknown here (and exports no `regis_redis_up`).
+                // stays unknown here (and exports no `regis_redis_up`). Its applied rate
+                // and latency are recorded into `latency` by the lease API as the remote
+                // worker's Acks arrive.
                 runtimes.push(RegionRuntime {
                     name: region.name.clone(),
                     latency,

@@ -267,7 +267,7 @@ impl<C: Consume> Consumer<C> {
                     region: &self.metrics,
                     messages: latencies.len() as u64,
                     commands,
-                    duration,
+                    duration: Some(duration),
                     latencies: &latencies,
                 }
                 .emit();
@@ -324,6 +324,7 @@ impl<C: Consume> Consumer<C> {
                 Settle::Retry {
                     after,
                     reason: reason.clone(),
+                    transient: false,
                 }
             }
             Failure::Transient(reason) => {
@@ -340,6 +341,7 @@ impl<C: Consume> Consumer<C> {
                 Settle::Retry {
                     after,
                     reason: reason.clone(),
+                    transient: true,
                 }
             }
         };

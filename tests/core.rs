@@ -364,6 +364,7 @@ async fn a_lease_that_is_never_settled_is_delivered_again_after_the_visibility_t
             Settle::Retry {
                 after: Duration::ZERO,
                 reason: "late".into(),
+                transient: false,
             },
         )],
     )
@@ -473,6 +474,7 @@ async fn retries_never_dead_letter_but_a_worker_crashing_on_a_message_does(backe
                 Settle::Retry {
                     after: Duration::ZERO,
                     reason: format!("outage {attempt}"),
+                    transient: true,
                 },
             )],
         )
@@ -584,6 +586,7 @@ async fn messages_appended_together_are_settled_one_by_one(backend: Backend) {
     let retry = |reason: &str| Settle::Retry {
         after: Duration::ZERO,
         reason: reason.into(),
+        transient: false,
     };
 
     // Two settle calls: some now, the rest later, one of them repeated.
@@ -832,6 +835,7 @@ async fn regions_converge_although_messages_are_applied_again_out_of_order(backe
                             Settle::Retry {
                                 after: Duration::ZERO,
                                 reason: "not mine".into(),
+                                transient: false,
                             },
                         )
                     })

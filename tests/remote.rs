@@ -131,7 +131,7 @@ async fn assert_acknowledged_everywhere(
 /// r1 behind the proxy.
 struct Wan {
     regions: Vec<RedisProcess>,
-    _env: Env,
+    env: Env,
     config_path: std::path::PathBuf,
     addr: SocketAddr,
     serve: ServeProcess,
@@ -157,7 +157,7 @@ impl Wan {
         let worker = Wan::worker(&proxy, &regions[1]);
         Wan {
             regions,
-            _env: env,
+            env,
             config_path,
             addr,
             serve,
@@ -196,12 +196,37 @@ impl Wan {
     }
 
     async fn in_flight(&self, region: &str) -> u64 {
+        self.region_status(region).await["in_flight"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The hub's `GET /metrics`, the value of the series `series` (name and labels as
+    /// rendered), or `None` when it is not exported.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.addr))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("the hub answers")
+            .text()
+            .await
+            .expect("text");
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    /// `region`'s entry in `GET /v1/status`.
+    async fn region_status(&self, region: &str) -> Value {
         let status = self.status().await;
         status["regions"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["name"] == region))
-            .and_then(|r| r["in_flight"].as_u64())
-            .unwrap_or(0)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -456,6 +481,13 @@ async fn the_remote_regions_redis_restarted_under_load_loses_nothing() {
     load.wait_for(load.acked() + 100).await;
     let acked = load.finish().await;
     assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(60)).await;
+    let transient = wan
+        .metric(r#"regis_retries_total{region="r1",reason="transient"}"#)
+        .await;
+    assert!(
+        transient.is_some_and(|n| n > 0.0),
+        "the hub counts the remote worker's retries during the outage as transient: {transient:?}"
+    );
     let dead = wan.status().await;
     assert!(
         dead["regions"]
@@ -586,4 +618,196 @@ async fn in_an_idle_region_every_waiting_lease_comes_back_within_its_wait() {
         "four polls taking turns still answer after their own 1 s wait, not 4 s: {took:?}"
     );
     hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_large_messages_stops_at_its_byte_budget() {
+    use regis::bus::remote::wire::{LeaseResponse, MAX_LEASE_BYTES};
+    let regions = regions(2);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(&remote_config(&data.path().join("bus"), &regions)).await;
+    let addr = hub.http_addr();
+    let padding = "x".repeat(200 * 1024);
+    let published = 60;
+    for i in 0..published {
+        publish_as(addr, json!([["SET", format!("key{i}"), padding]]))
+            .await
+            .unwrap();
+    }
+    // 12 MiB waiting; a lease asking for 10,000 messages gets no more than its budget.
+    let mut leased = 0;
+    let mut leases = 0;
+    while leased < published {
+        let answer = lease(addr, 7, 10_000, 1_000).await;
+        assert_eq!(answer.status(), 200);
+        let lease: LeaseResponse = postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
+        assert!(
+            !lease.deliveries.is_empty(),
+            "{leased} of {published} leased"
+        );
+        let bytes: usize = lease.deliveries.iter().map(|d| d.body.len()).sum();
+        assert!(
+            bytes <= MAX_LEASE_BYTES,
+            "a lease holds {bytes} bytes of bodies, above its budget of {MAX_LEASE_BYTES}"
+        );
+        leased += lease.deliveries.len();
+        leases += 1;
+    }
+    assert_eq!(leased, published);
+    assert_eq!(leases, 2, "12 MiB takes two leases of 8 MiB at most");
+    hub.shutdown().await;
+}
+
+/// Stopped right after it applied a batch, a worker still settles it: the lease request
+/// carrying its Ack is cancelled by the stop, and must not take the Ack with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_right_after_applying_settles_what_it_applied() {
+    let mut wan = Wan::start().await;
+    // A worker of our own for r1, whose log shows when it is stopping.
+    wan.worker.kill_9();
+    let log_path = wan.env.data.path().join("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let hub = format!("http://{}", wan.proxy.addr());
+    let redis = wan.regions[1].url();
+    let mut worker = WorkerProcess::run_with_stderr(
+        &[
+            "worker",
+            "--hub",
+            &hub,
+            "--region",
+            "r1",
+            "--redis",
+            &redis,
+            "--concurrency",
+            "2",
+        ],
+        &[("REGIS_TOKEN", WORKER), ("RUST_LOG", "info")],
+        log.into(),
+    );
+    let exists = |key: &'static str| {
+        let region = &wan.regions[1];
+        async move {
+            matches!(
+                redis_cmd(region, &["EXISTS", key]).await,
+                redis::Value::Int(1)
+            )
+        }
+    };
+    let warm = eventually(Duration::from_secs(20), || async {
+        publish_as(wan.addr, json!([["SET", "warm", "1"]]))
+            .await
+            .is_ok()
+            && exists("warm").await
+    })
+    .await;
+    assert!(warm, "the remote worker applies");
+    publish_as(wan.addr, json!([["SET", "last", "1"]]))
+        .await
+        .unwrap();
+    // The moment it is applied, its Ack is on its way to the hub, riding on the next lease
+    // request (70 ms across the link). Hold it in the link, stop the worker, then drop
+    // everything in the link: only what the worker sends after it was stopped arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exists("last").await {
+        assert!(
+            Instant::now() < deadline,
+            "the remote worker applies the last message"
+        );
+    }
+    wan.proxy.partition();
+    worker.signal_term();
+    let stopping = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("stopping"))
+    })
+    .await;
+    assert!(stopping, "the worker logs that it is stopping");
+    wan.proxy.reset_all();
+    wan.proxy.heal();
+    let status = worker.wait();
+    assert!(
+        status.success(),
+        "regis worker exits 0 on SIGTERM: {status:?}"
+    );
+    // Settled, the message is gone from the hub's queue before its lease (3 s) expires; an
+    // Ack lost in the stop would leave it in flight, then deliver it again.
+    let settled = eventually(Duration::from_millis(2500), || async {
+        let r1 = wan.region_status("r1").await;
+        r1["in_flight"] == 0 && r1["depth"] == 0
+    })
+    .await;
+    assert!(
+        settled,
+        "the stopped worker settled the batch it applied: {}\n{}",
+        wan.region_status("r1").await,
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
+
+/// The hub reports a remote region's applied rate and latency (and the applied metrics) from
+/// the Acks its worker sends back, as it does for a region it applies itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_remote_region_s_applied_rate_and_latency() {
+    let wan = Wan::start().await;
+    let acked = publish_range(wan.addr, 0, 100).await;
+    assert_eq!(acked.len(), 100);
+    assert_acknowledged_everywhere(&wan.regions, &acked, Duration::from_secs(30)).await;
+    // The last Acks may still be on their way back.
+    let counted = eventually(Duration::from_secs(10), || async {
+        wan.region_status("r1").await["latency"]["count"]
+            .as_u64()
+            .is_some_and(|n| n >= 100)
+    })
+    .await;
+    let r1 = wan.region_status("r1").await;
+    assert!(counted, "every message applied in r1 is counted: {r1}");
+    let latency = &r1["latency"];
+    assert!(
+        latency["rate_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+        "{r1}"
+    );
+    // Publish to the hub receiving the Ack: the lease's trip out and the Ack's trip back.
+    let round_trip = 2.0 * WAN.as_secs_f64() * 1000.0;
+    for quantile in ["p50_ms", "p99_ms"] {
+        assert!(
+            latency[quantile]
+                .as_f64()
+                .is_some_and(|ms| ms >= round_trip && ms < 10_000.0),
+            "{quantile} covers the round trip: {r1}"
+        );
+    }
+    // The status table shows them too.
+    let output = regis_env(
+        &["status", "--url", &format!("http://{}", wan.addr)],
+        &[("REGIS_TOKEN", ADMIN)],
+    );
+    assert!(output.status.success(), "{}", explain(&output));
+    let row = stdout(&output)
+        .lines()
+        .find(|l| l.starts_with("r1 "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert!(columns.len() >= 8, "a row for r1: {row:?}");
+    let (applied, p50, p99) = (columns[5], columns[6], columns[7]);
+    assert!(
+        applied.parse::<f64>().is_ok_and(|r| r > 0.0) && p50 != "-" && p99 != "-",
+        "APPLIED/S, P50 and P99 of the remote region: {row:?}"
+    );
+    // And the metrics, except the Redis's reachability, which only the worker sees.
+    let applied = wan
+        .metric(r#"regis_applied_messages_total{region="r1"}"#)
+        .await;
+    assert!(applied.is_some_and(|n| n >= 100.0), "{applied:?}");
+    let commands = wan
+        .metric(r#"regis_applied_commands_total{region="r1"}"#)
+        .await;
+    assert!(
+        commands.is_some_and(|n| n >= 200.0),
+        "two commands a message: {commands:?}"
+    );
+    let end_to_end = wan
+        .metric(r#"regis_publish_to_apply_seconds_count{region="r1"}"#)
+        .await;
+    assert!(end_to_end.is_some_and(|n| n >= 100.0), "{end_to_end:?}");
+    assert_eq!(wan.metric(r#"regis_redis_up{region="r1"}"#).await, None);
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use regis::bus::remote::wire::SettleRequest;
+use regis::bus::remote::wire::{ReleaseRequest, SettleRequest};
 use regis::config::{AuthConfig, Config, WorkerPlacement};
 use regis::redis_process::{RedisProcess, free_port};
 use reqwest::Method;
@@ -78,11 +78,19 @@ async fn every_endpoint_wants_its_roles_token() {
     let id = "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
     let lease = lease_body(10, 0, 7);
     let settle = postcard::to_stdvec(&SettleRequest { settle: vec![] }).unwrap();
+    let release = postcard::to_stdvec(&ReleaseRequest { session: 7 }).unwrap();
     let endpoints = [
         Endpoint {
             method: Method::POST,
             path: "/v1/publish".into(),
             body: json(json!({"commands": [["SET", "k", "v"]]})),
+            role: "publish",
+            served: 200,
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/publish/batch".into(),
+            body: json(json!({"messages": [{"commands": [["SET", "k", "v"]]}]})),
             role: "publish",
             served: 200,
         },
@@ -146,6 +154,13 @@ async fn every_endpoint_wants_its_roles_token() {
             method: Method::POST,
             path: "/v1/worker/regions/r1/settle".into(),
             body: postcard(settle),
+            role: "worker",
+            served: 204,
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/worker/regions/r1/release".into(),
+            body: postcard(release),
             role: "worker",
             served: 204,
         },

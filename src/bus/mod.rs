@@ -35,7 +35,16 @@ pub enum Settle {
     /// Applied: remove the message from the region's queue.
     Ack,
     /// Not applied this time: deliver again after `after`. `reason` is kept as the last error.
-    Retry { after: Duration, reason: String },
+    Retry {
+        /// How long the message stays invisible.
+        after: Duration,
+        /// The error, kept as the message's last.
+        reason: String,
+        /// The region's Redis could not take it (an outage, not the message's fault) rather
+        /// than the command failing. Buses treat both alike; it tells the hub's
+        /// `regis_retries_total{reason}` which one a remote worker's retry was.
+        transient: bool,
+    },
     /// Poison: move the message to the region's dead letters with `reason`.
     DeadLetter { reason: String },
 }

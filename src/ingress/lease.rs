@@ -25,12 +25,23 @@
 //! and the next is already waiting. Settlements carried by a lease are applied before it
 //! takes its turn, so they never wait behind another request's long-poll.
 //!
-//! Bodies are limited to [`wire::MAX_REQUEST_BYTES`]; the memory a lease holds is its own
-//! batch, so a region far behind costs the hub disk, not memory.
+//! The hub reports a remote region as it does a local one: when a worker's settlements
+//! arrive, each `Ack` counts as applied (`regis_applied_*`, the status's APPLIED/S) with its
+//! latency from publish to the hub receiving the Ack — the worker's apply plus the return
+//! trip, an upper bound of publish→applied — and each `Retry` as a retry
+//! (`regis_retries_total{reason="transient"|"permanent"}`). For that the hub remembers, per
+//! message leased and not yet settled, its publish time and command count ([`Report`]).
+//! Only the first settlement of a delivery counts, so a settlement resent after a lost
+//! answer is not counted twice; a settlement for a lease the hub no longer remembers (it
+//! restarted, or the lease expired long ago) settles the message but is not counted.
+//!
+//! Bodies are limited to [`wire::MAX_REQUEST_BYTES`]. The memory a lease holds is its own
+//! batch, at most `max` messages and [`wire::MAX_LEASE_BYTES`] of bodies (see
+//! [`Filling`]), so a region far behind costs the hub disk, not memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes as Body;
 use axum::extract::rejection::BytesRejection;
@@ -48,7 +59,11 @@ use crate::bus::remote::wire::{
     self, LeaseRequest, LeaseResponse, RegionSettings, ReleaseRequest, SettleRequest, WireDelivery,
 };
 use crate::bus::{Bus, BusError, Delivery};
+use crate::clock::now_us;
 use crate::config::{Config, WorkerPlacement};
+use crate::envelope::{Envelope, Head};
+use crate::latency::LatencyWindow;
+use crate::metrics::{Applied, RegionMetrics, Retried};
 
 /// What the lease routes know of every region.
 pub struct LeaseState {
@@ -66,6 +81,150 @@ struct LeaseRegion {
     settings: RegionSettings,
     /// Lease requests of this region take turns (see the module docs).
     turn: Arc<Mutex<()>>,
+    /// What the remote workers' settlements are reported as.
+    report: Report,
+}
+
+/// Reports a region's remote settlements as the region's workers report what they apply:
+/// remembers each message leased until its settlement arrives.
+struct Report {
+    metrics: RegionMetrics,
+    leased: std::sync::Mutex<Leased>,
+    /// How long a leased message is remembered: twice the visibility timeout, after which
+    /// its lease expired long ago and the message was (or will be) delivered again.
+    forget_after: Duration,
+}
+
+struct Leased {
+    /// By receipt.
+    heads: HashMap<String, LeasedHead>,
+    /// When entries past `forget_after` were last dropped.
+    pruned: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct LeasedHead {
+    head: Head,
+    leased_at: Instant,
+}
+
+/// The settlements of one request the hub had leased, taken out of [`Report`] until the
+/// bus settled them.
+struct Settled {
+    entries: Vec<(String, LeasedHead, Kind)>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Ack,
+    Retry { transient: bool },
+    DeadLetter,
+}
+
+impl Report {
+    fn new(region: &str, visibility_timeout: Duration) -> Report {
+        Report {
+            // The hub does not see a remote region's Redis: no `regis_redis_up`.
+            metrics: RegionMetrics::without_redis(region),
+            leased: std::sync::Mutex::new(Leased {
+                heads: HashMap::new(),
+                pruned: Instant::now(),
+            }),
+            forget_after: visibility_timeout.saturating_mul(2),
+        }
+    }
+
+    /// Remembers `deliveries`, just leased. A body that does not decode is not remembered
+    /// (the worker dead-letters it).
+    fn leased(&self, deliveries: &[Delivery]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut leased = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(leased.pruned) >= self.forget_after / 2 {
+            let forget_after = self.forget_after;
+            leased
+                .heads
+                .retain(|_, h| now.duration_since(h.leased_at) < forget_after);
+            leased.pruned = now;
+        }
+        for delivery in deliveries {
+            if let Ok(head) = Envelope::peek(&delivery.body) {
+                leased.heads.insert(
+                    delivery.receipt.0.clone(),
+                    LeasedHead {
+                        head,
+                        leased_at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Takes out the leases `settle` ends (those remembered).
+    fn take(&self, settle: &[wire::Settlement]) -> Settled {
+        let mut leased = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = settle
+            .iter()
+            .filter_map(|s| {
+                let (receipt, head) = leased.heads.remove_entry(s.receipt.as_str())?;
+                let kind = match s.outcome {
+                    wire::Outcome::Ack => Kind::Ack,
+                    wire::Outcome::Retry { transient, .. } => Kind::Retry { transient },
+                    wire::Outcome::DeadLetter { .. } => Kind::DeadLetter,
+                };
+                Some((receipt, head, kind))
+            })
+            .collect();
+        Settled { entries }
+    }
+
+    /// The bus did not settle them: remember them again for the worker's next attempt.
+    fn put_back(&self, settled: Settled) {
+        let mut leased = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+        for (receipt, head, _) in settled.entries {
+            leased.heads.insert(receipt, head);
+        }
+    }
+
+    /// Counts them: Acks as applied, `received_us` (when the hub received them) minus
+    /// their publish time as their latency, into `latency` too; Retries as retries. Dead
+    /// letters are counted by the bus.
+    fn record(&self, settled: Settled, received_us: u64, latency: Option<&LatencyWindow>) {
+        let mut latencies = Vec::new();
+        let mut commands = 0u64;
+        for (_, leased, kind) in settled.entries {
+            match kind {
+                Kind::Ack => {
+                    latencies.push(Duration::from_micros(
+                        received_us.saturating_sub(leased.head.published_at_us),
+                    ));
+                    commands += leased.head.commands as u64;
+                }
+                Kind::Retry { transient } => Retried {
+                    region: &self.metrics,
+                    transient,
+                }
+                .emit(),
+                Kind::DeadLetter => {}
+            }
+        }
+        if latencies.is_empty() {
+            return;
+        }
+        if let Some(window) = latency {
+            window.record_many(latencies.iter().copied());
+        }
+        Applied {
+            region: &self.metrics,
+            messages: latencies.len() as u64,
+            commands,
+            duration: None,
+            latencies: &latencies,
+        }
+        .emit();
+    }
 }
 
 struct Session {
@@ -155,6 +314,7 @@ impl LeaseState {
                     LeaseRegion {
                         settings,
                         turn: Arc::new(Mutex::new(())),
+                        report: Report::new(&region.name, config.delivery.visibility_timeout),
                     },
                 )
             })
@@ -224,11 +384,13 @@ fn decode<T: DeserializeOwned>(body: Result<Body, BytesRejection>) -> Result<T, 
     })
 }
 
+/// Settles what a remote worker sent, and reports it ([`Report`]).
 async fn apply_settlements<B: Bus>(
-    bus: &B,
+    state: &ApiState<B>,
     region: &str,
     settle: Vec<wire::Settlement>,
 ) -> Result<(), Response> {
+    let received_us = now_us();
     if settle.len() > wire::MAX_SETTLEMENTS {
         return Err(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -243,12 +405,25 @@ async fn apply_settlements<B: Bus>(
     if settle.is_empty() {
         return Ok(());
     }
+    let report = state.lease.region(region).ok().map(|r| &r.report);
+    let settled = report.map(|report| report.take(&settle));
     let count = settle.len() as u64;
     let settlements = settle.into_iter().map(wire::Settlement::into_bus).collect();
-    bus.settle(region, settlements)
-        .await
-        .map_err(bus_error_response)?;
+    if let Err(err) = state.bus.settle(region, settlements).await {
+        if let (Some(report), Some(settled)) = (report, settled) {
+            report.put_back(settled);
+        }
+        return Err(bus_error_response(err));
+    }
     crate::metrics::RemoteSettled { region, count }.emit();
+    if let (Some(report), Some(settled)) = (report, settled) {
+        let latency = state
+            .regions
+            .iter()
+            .find(|r| r.name == region)
+            .map(|r| r.latency.as_ref());
+        report.record(settled, received_us, latency);
+    }
     Ok(())
 }
 
@@ -276,7 +451,7 @@ async fn lease<B: Bus>(
             ),
         );
     }
-    if let Err(response) = apply_settlements(&state.bus, &region, request.settle).await {
+    if let Err(response) = apply_settlements(&state, &region, request.settle).await {
         return response;
     }
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(wire::MAX_WAIT);
@@ -292,7 +467,8 @@ async fn lease<B: Bus>(
                 return Ok(Vec::new());
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            receive_batch(&state.bus, &region, max, left, linger).await
+            let filling = Filling::new(max, state.hub.max_message_bytes());
+            receive_batch(&state.bus, &region, filling, left, linger).await
         };
         let session = state.lease.join(request.session);
         let received = tokio::select! {
@@ -311,6 +487,9 @@ async fn lease<B: Bus>(
         count: deliveries.len() as u64,
     }
     .emit();
+    if let Ok(r) = state.lease.region(&region) {
+        r.report.leased(&deliveries);
+    }
     let response = LeaseResponse {
         visibility_timeout_ms,
         deliveries: deliveries.into_iter().map(WireDelivery::from).collect(),
@@ -331,31 +510,80 @@ async fn lease<B: Bus>(
     }
 }
 
-/// Up to `max` messages: waits `wait` for the first, then up to `linger` for more.
+/// A lease being filled: it stops at `max` messages or at [`wire::MAX_LEASE_BYTES`] of
+/// message bodies, whichever comes first.
+///
+/// The bus cannot be told a byte budget, and what it leased cannot be handed back without
+/// counting as a receive, so the budget is kept by asking it for no more messages than fit
+/// even if each were as large as a message may be (`largest`: the hub's
+/// `max_message_bytes`, or a larger body already seen). Small messages therefore take a few
+/// receives of `MAX_LEASE_BYTES / largest` (32 at the default 256 KiB) instead of one.
+struct Filling {
+    deliveries: Vec<Delivery>,
+    bytes: usize,
+    max: usize,
+    largest: usize,
+}
+
+impl Filling {
+    fn new(max: usize, largest: usize) -> Filling {
+        Filling {
+            deliveries: Vec::new(),
+            bytes: 0,
+            max,
+            largest: largest.max(1),
+        }
+    }
+
+    /// How many messages the next receive may ask for, `None` once the lease is full. The
+    /// first receive always may take one, however large.
+    fn room(&self) -> Option<usize> {
+        let count = self.max.saturating_sub(self.deliveries.len());
+        let bytes = wire::MAX_LEASE_BYTES.saturating_sub(self.bytes) / self.largest;
+        let bytes = if self.deliveries.is_empty() {
+            bytes.max(1)
+        } else {
+            bytes
+        };
+        Some(count.min(bytes)).filter(|&n| n > 0)
+    }
+
+    fn extend(&mut self, more: Vec<Delivery>) {
+        for delivery in &more {
+            self.bytes += delivery.body.len();
+            self.largest = self.largest.max(delivery.body.len());
+        }
+        self.deliveries.extend(more);
+    }
+}
+
+/// Fills `filling`: waits `wait` for a first message, then up to `linger` for more (taking
+/// at once what is already there, however many receives the byte budget needs).
 async fn receive_batch<B: Bus>(
     bus: &B,
     region: &str,
-    max: usize,
+    mut filling: Filling,
     wait: Duration,
     linger: Duration,
 ) -> Result<Vec<Delivery>, BusError> {
-    let mut deliveries = bus.receive(region, max, wait).await?;
-    if deliveries.is_empty() || linger.is_zero() {
-        return Ok(deliveries);
+    let Some(room) = filling.room() else {
+        return Ok(Vec::new());
+    };
+    let first = bus.receive(region, room, wait).await?;
+    if first.is_empty() {
+        return Ok(first);
     }
+    filling.extend(first);
     let deadline = tokio::time::Instant::now() + linger;
-    while deliveries.len() < max {
+    while let Some(room) = filling.room() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let more = bus.receive(region, max - deliveries.len(), left).await?;
+        let more = bus.receive(region, room, left).await?;
         if more.is_empty() {
             break;
         }
-        deliveries.extend(more);
+        filling.extend(more);
     }
-    Ok(deliveries)
+    Ok(filling.deliveries)
 }
 
 async fn settle<B: Bus>(
@@ -370,7 +598,7 @@ async fn settle<B: Bus>(
         Ok(request) => request,
         Err(response) => return *response,
     };
-    match apply_settlements(&state.bus, &region, request.settle).await {
+    match apply_settlements(&state, &region, request.settle).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(response) => response,
     }
@@ -390,4 +618,149 @@ async fn release<B: Bus>(
     };
     state.lease.release(request.session);
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::bus::Receipt;
+
+    fn deliveries(n: usize, size: usize) -> Vec<Delivery> {
+        (0..n)
+            .map(|i| Delivery {
+                receipt: Receipt(format!("f:{i}:1")),
+                body: Bytes::from(vec![1u8; size]),
+                receive_count: 1,
+            })
+            .collect()
+    }
+
+    fn message(published_at_us: u64, commands: usize) -> Bytes {
+        let envelope = Envelope {
+            id: crate::envelope::MessageId::new(),
+            version: crate::clock::Version::from_packed(1),
+            published_at_us,
+            db: 0,
+            commands: (0..commands)
+                .map(|i| crate::command::Command::from_strs(&["SET", &format!("k{i}"), "v"]))
+                .collect(),
+        };
+        Bytes::from(envelope.encode())
+    }
+
+    fn ack(receipt: &str) -> wire::Settlement {
+        wire::Settlement {
+            receipt: receipt.into(),
+            outcome: wire::Outcome::Ack,
+        }
+    }
+
+    #[test]
+    fn a_remote_ack_is_reported_once_with_its_latency_to_the_hub() {
+        let report = Report::new("r1", Duration::from_secs(30));
+        let delivery = |receipt: &str, at: u64, commands: usize| Delivery {
+            receipt: Receipt(receipt.into()),
+            body: message(at, commands),
+            receive_count: 1,
+        };
+        report.leased(&[
+            delivery("f:1:1", 1_000_000, 2),
+            delivery("f:2:1", 1_500_000, 1),
+            Delivery {
+                receipt: Receipt("f:3:1".into()),
+                body: Bytes::from_static(b"not an envelope"),
+                receive_count: 1,
+            },
+        ]);
+        // The bus failed to settle: the worker sends them again, still counted then.
+        let settled = report.take(&[ack("f:1:1"), ack("f:3:1")]);
+        assert_eq!(
+            settled.entries.len(),
+            1,
+            "an undecodable body is not remembered"
+        );
+        report.put_back(settled);
+        let window = LatencyWindow::default();
+        let settled = report.take(&[
+            ack("f:1:1"),
+            wire::Settlement {
+                receipt: "f:2:1".into(),
+                outcome: wire::Outcome::Retry {
+                    after_ms: 10,
+                    reason: "down".into(),
+                    transient: true,
+                },
+            },
+        ]);
+        assert_eq!(settled.entries.len(), 2);
+        report.record(settled, 1_250_000, Some(&window));
+        let summary = window.last_minute();
+        assert_eq!(summary.count, 1, "the Ack, not the Retry: {summary:?}");
+        assert!((summary.p50_ms - 250.0).abs() < 1.0, "{summary:?}");
+        // A settlement resent after the hub took it is not counted again.
+        assert!(report.take(&[ack("f:1:1")]).entries.is_empty());
+    }
+
+    #[test]
+    fn leases_never_settled_are_forgotten() {
+        let report = Report::new("r1", Duration::from_millis(10));
+        let delivery = |receipt: &str| Delivery {
+            receipt: Receipt(receipt.into()),
+            body: message(1, 1),
+            receive_count: 1,
+        };
+        report.leased(&[delivery("f:1:1")]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Once its lease is long expired, the next lease prunes it.
+        loop {
+            report.leased(&[delivery("f:2:1")]);
+            let heads = report.leased.lock().unwrap().heads.len();
+            if heads == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{heads} remembered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(report.take(&[ack("f:1:1")]).entries.is_empty());
+    }
+
+    #[test]
+    fn a_lease_stops_at_its_byte_budget_whatever_its_max() {
+        const KIB: usize = 1024;
+        // 256 KiB messages, 10,000 asked for: never more than the budget.
+        let mut filling = Filling::new(10_000, 256 * KIB);
+        while let Some(room) = filling.room() {
+            filling.extend(deliveries(room, 256 * KIB));
+        }
+        assert_eq!(
+            filling.deliveries.len(),
+            wire::MAX_LEASE_BYTES / (256 * KIB)
+        );
+        assert!(filling.bytes <= wire::MAX_LEASE_BYTES);
+
+        // Small messages fill the count, in chunks the budget allows.
+        let mut filling = Filling::new(1000, 256 * KIB);
+        assert_eq!(filling.room(), Some(32));
+        let mut receives = 0;
+        while let Some(room) = filling.room() {
+            filling.extend(deliveries(room, 250));
+            receives += 1;
+        }
+        assert_eq!(filling.deliveries.len(), 1000);
+        assert!(receives <= 34, "{receives} receives of about 32");
+
+        // One message larger than the budget still goes, alone.
+        let mut filling = Filling::new(100, 12 * 1024 * KIB);
+        assert_eq!(filling.room(), Some(1));
+        filling.extend(deliveries(1, 12 * 1024 * KIB));
+        assert_eq!(filling.room(), None);
+
+        // A body larger than max_message_bytes (published under an older, larger limit)
+        // makes the next asks smaller.
+        let mut filling = Filling::new(10_000, 64 * KIB);
+        filling.extend(deliveries(1, 4 * 1024 * KIB));
+        assert_eq!(filling.room(), Some(1));
+    }
 }

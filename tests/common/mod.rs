@@ -698,13 +698,43 @@ impl WorkerProcess {
     /// Runs `regis` with `args` (starting with `worker`) in the background, with `env` added
     /// to its environment ([`regis_command`]).
     pub fn run(args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::run_with_stderr(args, env, Stdio::inherit())
+    }
+
+    /// [`WorkerProcess::run`] with its log (stderr) going to `stderr`.
+    pub fn run_with_stderr(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> WorkerProcess {
         let mut command = regis_command(args);
-        command.stdout(Stdio::null()).stderr(Stdio::inherit());
+        command.stdout(Stdio::null()).stderr(stderr);
         for (key, value) in env {
             command.env(key, value);
         }
         WorkerProcess {
             child: command.spawn().expect("spawn regis worker"),
+        }
+    }
+
+    /// SIGTERM, without waiting for the exit.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits (up to 30 s) for the exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the worker") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "regis worker did not exit within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

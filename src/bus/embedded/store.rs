@@ -962,7 +962,7 @@ impl Store {
         if kind == ReceiptKind::First && self.regions[region].leases.remove(&seq).is_some() {
             match settle {
                 Settle::Ack => {}
-                Settle::Retry { after, reason } => {
+                Settle::Retry { after, reason, .. } => {
                     self.conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO retries
@@ -1020,7 +1020,7 @@ impl Store {
                     .prepare_cached("DELETE FROM retries WHERE region = ?1 AND seq = ?2")?
                     .execute(params![name, seq as i64])?;
             }
-            Settle::Retry { after, reason } if current => {
+            Settle::Retry { after, reason, .. } if current => {
                 self.conn
                     .prepare_cached(
                         "UPDATE retries SET settled_count = receive_count, visible_at = ?1,

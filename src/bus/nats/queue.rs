@@ -294,6 +294,7 @@ async fn release(bus: &NatsBus, queue: &RegionQueue, deliveries: Vec<Delivery>) 
                 Settle::Retry {
                     after: Duration::ZERO,
                     reason: "released unprocessed: its receiver stopped waiting".into(),
+                    transient: true,
                 },
             )
         })
@@ -645,7 +646,7 @@ pub(super) async fn settle(
             match settle {
                 Settle::Ack => batch.done.push(receipt.index),
                 Settle::DeadLetter { reason } => batch.dead.push((receipt.index, body, reason)),
-                Settle::Retry { after, reason } => {
+                Settle::Retry { after, reason, .. } => {
                     let longest = batch.retry.as_ref().map_or(after, |(d, _)| (*d).max(after));
                     batch.retry = Some((longest, reason));
                 }

@@ -18,7 +18,16 @@
 //!   leases), so one round trip both settles batch N and fetches batch N+1. A background
 //!   flusher sends whatever no lease picked up within [`SETTLE_LINGER`] (a consumer waiting
 //!   for its Redis to come back), and [`RemoteBus::close`] flushes the rest on shutdown,
-//!   after releasing its session so that the lease requests it abandoned take nothing;
+//!   after releasing its session so that the lease requests it abandoned take nothing.
+//!   Settlements taken into a request go back to the queue unless the hub answered it
+//!   ([`Carried`]): a request that failed, or that was cancelled mid-flight (a consumer
+//!   stopping while its lease waits at the hub), loses none of them;
+//! * a request carries at most [`wire::MAX_SETTLE_BYTES`] of settlements (and at most
+//!   [`wire::MAX_SETTLEMENTS`]), the rest wait for the next one, so every request fits the
+//!   hub's body limit. Should the hub, or a proxy in front of it, still answer `413 Payload
+//!   Too Large`, the worker halves what it puts in a request, and a single settlement
+//!   refused on its own is dropped (its message is delivered again after the visibility
+//!   timeout), so an oversized request is never resent as it was;
 //! * every consumer has its own request in flight (HTTP/1.1 keeps one connection per
 //!   request in flight), so `concurrency` requests spread over the round trip keep one
 //!   waiting at the hub at all times.
@@ -30,6 +39,7 @@
 pub mod wire;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -109,6 +119,11 @@ struct Inner {
     /// Settlements waiting for a request to carry them.
     pending: Mutex<Vec<Settlement>>,
     queued: Notify,
+    /// The most bytes of settlements one request carries: [`wire::MAX_SETTLE_BYTES`], less
+    /// after the hub (or a proxy) refused a request as too large.
+    settle_budget: AtomicUsize,
+    /// The task sending what no lease carries; `close` stops it first.
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// This worker's session at the hub (random), which `close` releases.
     session: u64,
 }
@@ -154,10 +169,13 @@ impl RemoteBus {
                 linger: Mutex::new(linger),
                 pending: Mutex::new(Vec::new()),
                 queued: Notify::new(),
+                settle_budget: AtomicUsize::new(wire::MAX_SETTLE_BYTES),
+                flusher: Mutex::new(None),
                 session: rand::random(),
             }),
         };
-        tokio::spawn(flusher(Arc::downgrade(&bus.inner)));
+        let task = tokio::spawn(flusher(Arc::downgrade(&bus.inner)));
+        *bus.inner.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(bus)
     }
 
@@ -210,26 +228,42 @@ impl RemoteBus {
     /// again). Call once the consumers stopped.
     pub async fn close(&self, patience: Duration) {
         let deadline = Instant::now() + patience;
+        // The flusher may be sending some settlements; stopped, it puts them back (resending
+        // is harmless), so that what is sent below is everything.
+        let flusher = self
+            .inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
+        }
         let path = format!("/v1/worker/regions/{}/release", self.inner.options.region);
         let release = ReleaseRequest {
             session: self.inner.session,
         };
-        if let Err(err) = self
-            .post::<_, ()>(&path, &release, self.inner.options.request_timeout)
-            .await
-        {
+        let released = match encode(&release) {
+            Ok(body) => self
+                .send::<()>(&path, body, self.inner.options.request_timeout)
+                .await
+                .map_err(RequestError::into_bus),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = released {
             tracing::debug!(error = %err, "cannot release the waiting leases; the hub will hold what they take for a visibility timeout");
         }
         let mut attempt = 0;
         loop {
-            let batch = self.take_pending();
-            if batch.is_empty() {
+            let mut carried = self.take_pending();
+            if carried.settle.is_empty() {
                 return;
             }
-            match self.send_settle(batch.clone()).await {
-                Ok(()) => continue,
+            match self.send_settle(&mut carried).await {
+                Ok(()) => carried.delivered(),
                 Err(err) => {
-                    self.requeue(batch);
+                    let err = self.failed(carried, err);
                     attempt += 1;
                     if Instant::now() >= deadline {
                         tracing::warn!(error = %err, "cannot settle the last batches with the hub; they will be delivered again after the visibility timeout");
@@ -241,10 +275,26 @@ impl RemoteBus {
         }
     }
 
-    fn take_pending(&self) -> Vec<Settlement> {
+    /// Takes what the next request carries: as many queued settlements as fit in
+    /// `settle_budget` bytes and [`wire::MAX_SETTLEMENTS`] (at least one, if any is queued).
+    fn take_pending(&self) -> Carried<'_> {
+        let budget = self.inner.settle_budget.load(Ordering::Relaxed);
         let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let n = pending.len().min(wire::MAX_SETTLEMENTS);
-        pending.drain(..n).collect()
+        let mut bytes = 0;
+        let mut n = 0;
+        for settlement in pending.iter() {
+            let size = settlement.size_bound();
+            if n == wire::MAX_SETTLEMENTS || (n > 0 && bytes + size > budget) {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        Carried {
+            bus: self,
+            settle: pending.drain(..n).collect(),
+            bytes,
+        }
     }
 
     fn requeue(&self, settle: Vec<Settlement>) {
@@ -257,6 +307,41 @@ impl RemoteBus {
             .unwrap_or_else(|p| p.into_inner())
             .extend(settle);
         self.inner.queued.notify_one();
+    }
+
+    /// A request carrying `carried` failed: its settlements go back to the queue (when
+    /// `carried` drops), except when the hub refused it as too large — then the next
+    /// requests carry half as much, and a settlement refused on its own is dropped, so that
+    /// no request is resent that can never pass.
+    fn failed(&self, carried: Carried<'_>, err: RequestError) -> BusError {
+        let RequestError::TooLarge(err) = err else {
+            return err.into_bus();
+        };
+        match carried.settle.len() {
+            0 => {}
+            1 => {
+                tracing::error!(
+                    error = %err,
+                    bytes = carried.bytes,
+                    "the hub refuses a settlement even on its own: dropped; its message will be delivered again after the visibility timeout"
+                );
+                carried.delivered();
+            }
+            _ => {
+                let budget = (carried.bytes / 2).max(1);
+                let before = self
+                    .inner
+                    .settle_budget
+                    .fetch_min(budget, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %err,
+                    budget_bytes = budget.min(before),
+                    "the hub (or a proxy in front of it) refused a request as too large; sending settlements in smaller requests (raise the proxy's body limit to at least {} bytes)",
+                    wire::MAX_REQUEST_BYTES
+                );
+            }
+        }
+        err
     }
 
     fn url(&self, path: &str) -> String {
@@ -273,7 +358,7 @@ impl RemoteBus {
             request = request.header(AUTHORIZATION, auth.clone());
         }
         let response = request.send().await.map_err(|err| self.link_error(err))?;
-        let response = self.check(response).await?;
+        let response = self.check(response).await.map_err(RequestError::into_bus)?;
         response.json().await.map_err(|err| {
             unavailable(format!(
                 "the hub's answer was cut off or is not JSON ({err}); is {} a Regis hub?",
@@ -282,18 +367,13 @@ impl RemoteBus {
         })
     }
 
-    async fn post<T: Serialize, R: DeserializeOwned>(
+    /// POSTs a postcard `body`; a `204` is `None`.
+    async fn send<R: DeserializeOwned>(
         &self,
         path: &str,
-        body: &T,
+        body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Option<R>, BusError> {
-        let body = postcard::to_stdvec(body).map_err(|err| {
-            BusError::new(
-                BusErrorKind::Invalid,
-                format!("cannot encode the request: {err}"),
-            )
-        })?;
+    ) -> Result<Option<R>, RequestError> {
         let mut request = self
             .inner
             .http
@@ -304,21 +384,27 @@ impl RemoteBus {
         if let Some(auth) = &self.inner.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request.send().await.map_err(|err| self.link_error(err))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| RequestError::Other(self.link_error(err)))?;
         let response = self.check(response).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let bytes = response.bytes().await.map_err(|err| self.link_error(err))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| RequestError::Other(self.link_error(err)))?;
         postcard::from_bytes(&bytes).map(Some).map_err(|err| {
-            unavailable(format!(
+            RequestError::Other(unavailable(format!(
                 "the hub's answer cannot be decoded ({err}); run the same Regis release on the hub and the worker"
-            ))
+            )))
         })
     }
 
     /// Turns a non-2xx answer into an error carrying the API's message.
-    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, BusError> {
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, RequestError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -343,10 +429,15 @@ impl RemoteBus {
             StatusCode::FORBIDDEN => " (this token is not the hub's worker token)",
             _ => "",
         };
-        Err(BusError::new(
+        let err = BusError::new(
             kind,
             format!("the hub at {hub} answered {status}: {message}{hint}"),
-        ))
+        );
+        Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+            RequestError::TooLarge(err)
+        } else {
+            RequestError::Other(err)
+        })
     }
 
     fn link_error(&self, err: reqwest::Error) -> BusError {
@@ -368,16 +459,70 @@ impl RemoteBus {
         unavailable(format!("hub {hub}: {what} ({detail})"))
     }
 
-    async fn send_settle(&self, settle: Vec<Settlement>) -> Result<(), BusError> {
+    async fn send_settle(&self, carried: &mut Carried<'_>) -> Result<(), RequestError> {
         let path = format!("/v1/worker/regions/{}/settle", self.inner.options.region);
-        self.post::<_, ()>(
+        let request = SettleRequest {
+            settle: std::mem::take(&mut carried.settle),
+        };
+        let body = encode(&request);
+        carried.settle = request.settle;
+        self.send::<()>(
             &path,
-            &SettleRequest { settle },
+            body.map_err(RequestError::Other)?,
             self.inner.options.request_timeout,
         )
         .await
         .map(|_| ())
     }
+}
+
+/// Settlements taken from the queue into one request. Unless the hub is known to have
+/// taken them ([`Carried::delivered`]), they go back to the queue when this drops: after
+/// a failed request, and after one cancelled mid-flight (its future dropped), whose fate
+/// is unknown. Settling twice is harmless; settling never is not.
+struct Carried<'a> {
+    bus: &'a RemoteBus,
+    settle: Vec<Settlement>,
+    /// Their [`Settlement::size_bound`]s, summed.
+    bytes: usize,
+}
+
+impl Carried<'_> {
+    /// The hub answered the request: nothing goes back.
+    fn delivered(mut self) {
+        self.settle.clear();
+    }
+}
+
+impl Drop for Carried<'_> {
+    fn drop(&mut self) {
+        self.bus.requeue(std::mem::take(&mut self.settle));
+    }
+}
+
+/// How a request to the hub failed.
+enum RequestError {
+    /// `413`: the body was larger than the hub, or a proxy in front of it, accepts.
+    TooLarge(BusError),
+    /// Anything else.
+    Other(BusError),
+}
+
+impl RequestError {
+    fn into_bus(self) -> BusError {
+        match self {
+            RequestError::TooLarge(err) | RequestError::Other(err) => err,
+        }
+    }
+}
+
+fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, BusError> {
+    postcard::to_stdvec(body).map_err(|err| {
+        BusError::new(
+            BusErrorKind::Invalid,
+            format!("cannot encode the request: {err}"),
+        )
+    })
 }
 
 fn unavailable(message: String) -> BusError {
@@ -395,15 +540,18 @@ async fn flusher(inner: Weak<Inner>) {
         // Wake at least every second so a dropped bus ends this task.
         let _ = tokio::time::timeout(Duration::from_secs(1), bus.inner.queued.notified()).await;
         tokio::time::sleep(SETTLE_LINGER).await;
-        let batch = bus.take_pending();
-        if batch.is_empty() {
+        let mut carried = bus.take_pending();
+        if carried.settle.is_empty() {
             continue;
         }
-        match bus.send_settle(batch.clone()).await {
-            Ok(()) => failures = 0,
+        match bus.send_settle(&mut carried).await {
+            Ok(()) => {
+                carried.delivered();
+                failures = 0;
+            }
             Err(err) => {
                 failures += 1;
-                bus.requeue(batch);
+                let err = bus.failed(carried, err);
                 tracing::warn!(error = %err, "cannot settle with the hub; trying again");
                 let pause = Duration::from_millis(100u64 << failures.min(5));
                 drop(bus);
@@ -424,27 +572,30 @@ impl Consume for RemoteBus {
             return Err(BusError::unknown_region(region));
         }
         let options = &self.inner.options;
-        let request = LeaseRequest {
+        // Dropped before the hub answers (this future cancelled), `carried` puts its
+        // settlements back for the next request or `close`.
+        let mut carried = self.take_pending();
+        let mut request = LeaseRequest {
             max: max.clamp(1, wire::MAX_LEASE as usize) as u32,
             wait_ms: options.poll_wait.min(wire::MAX_WAIT).as_millis() as u32,
             linger_ms: self.linger().min(wire::MAX_LINGER).as_millis() as u32,
-            settle: self.take_pending(),
+            settle: std::mem::take(&mut carried.settle),
             session: self.inner.session,
         };
+        let body = encode(&request);
+        carried.settle = std::mem::take(&mut request.settle);
         let path = format!("/v1/worker/regions/{}/lease", options.region);
         let timeout = options.poll_wait + self.linger() + options.request_timeout;
-        match self
-            .post::<_, LeaseResponse>(&path, &request, timeout)
-            .await
-        {
-            Ok(response) => Ok(response
-                .map(|r| r.deliveries.into_iter().map(Delivery::from).collect())
-                .unwrap_or_default()),
-            Err(err) => {
-                // Settling is idempotent: whether or not the hub applied them, send again.
-                self.requeue(request.settle);
-                Err(err)
+        match self.send::<LeaseResponse>(&path, body?, timeout).await {
+            Ok(response) => {
+                carried.delivered();
+                Ok(response
+                    .map(|r| r.deliveries.into_iter().map(Delivery::from).collect())
+                    .unwrap_or_default())
             }
+            // Settling is idempotent: whether or not the hub applied them, they are sent
+            // again.
+            Err(err) => Err(self.failed(carried, err)),
         }
     }
 
@@ -491,6 +642,120 @@ mod tests {
             auto_linger(Duration::from_secs(2), 1),
             Duration::from_millis(100)
         );
+    }
+
+    /// A bus whose flusher does not run, so that what the queue holds is up to the test.
+    fn bus_without_flusher() -> RemoteBus {
+        let bus = RemoteBus::new(RemoteOptions::new("http://127.0.0.1:1", "r0")).unwrap();
+        if let Some(flusher) = bus.inner.flusher.lock().unwrap().take() {
+            flusher.abort();
+        }
+        bus
+    }
+
+    fn worst_case_settlements(n: usize) -> Vec<(Receipt, Settle)> {
+        (0..n)
+            .map(|i| {
+                (
+                    Receipt(format!("r:{i:05}:3")),
+                    Settle::Retry {
+                        after: Duration::from_secs(1),
+                        reason: "é".repeat(wire::MAX_REASON_BYTES),
+                        transient: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_most_settlements_with_the_longest_reasons_split_into_requests_that_fit() {
+        let bus = bus_without_flusher();
+        let settlements = worst_case_settlements(wire::MAX_SETTLEMENTS);
+        bus.settle("r0", settlements).await.unwrap();
+        let mut sent = 0;
+        let mut requests = 0;
+        loop {
+            let mut carried = bus.take_pending();
+            if carried.settle.is_empty() {
+                break;
+            }
+            let request = LeaseRequest {
+                max: wire::MAX_LEASE,
+                wait_ms: u32::MAX,
+                linger_ms: u32::MAX,
+                settle: std::mem::take(&mut carried.settle),
+                session: u64::MAX,
+            };
+            let body = postcard::to_stdvec(&request).unwrap();
+            assert!(
+                body.len() <= wire::MAX_SETTLE_BYTES + wire::REQUEST_OVERHEAD
+                    && body.len() <= wire::MAX_REQUEST_BYTES,
+                "a request of {} bytes",
+                body.len()
+            );
+            assert!(request.settle.len() <= wire::MAX_SETTLEMENTS);
+            sent += request.settle.len();
+            requests += 1;
+            carried.delivered();
+        }
+        assert_eq!(sent, wire::MAX_SETTLEMENTS, "nothing is lost in the split");
+        assert!(
+            requests >= 10,
+            "~80 MiB of settlements take {requests} requests"
+        );
+    }
+
+    #[tokio::test]
+    async fn settlements_go_back_to_the_queue_unless_the_hub_took_them() {
+        let bus = bus_without_flusher();
+        bus.settle("r0", worst_case_settlements(3)).await.unwrap();
+        // A request cancelled mid-flight: its future, and what it carried, dropped.
+        let carried = bus.take_pending();
+        assert_eq!(carried.settle.len(), 3);
+        drop(carried);
+        let carried = bus.take_pending();
+        assert_eq!(carried.settle.len(), 3, "back in the queue");
+        carried.delivered();
+        assert!(bus.take_pending().settle.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_as_too_large_is_never_resent_as_it_was() {
+        let bus = bus_without_flusher();
+        bus.settle("r0", worst_case_settlements(100)).await.unwrap();
+        let too_large = || {
+            RequestError::TooLarge(BusError::new(
+                BusErrorKind::Invalid,
+                "413 Payload Too Large",
+            ))
+        };
+        let carried = bus.take_pending();
+        let first = carried.settle.len();
+        assert_eq!(first, 100);
+        let _ = bus.failed(carried, too_large());
+        // Half the size next time, then half again; each time the queue keeps everything.
+        let carried = bus.take_pending();
+        assert_eq!(carried.settle.len(), 50);
+        let _ = bus.failed(carried, too_large());
+        let carried = bus.take_pending();
+        assert_eq!(carried.settle.len(), 25);
+        drop(carried);
+        // Refused even alone: dropped rather than resent forever.
+        bus.inner.settle_budget.store(1, Ordering::Relaxed);
+        let carried = bus.take_pending();
+        assert_eq!(carried.settle.len(), 1);
+        let _ = bus.failed(carried, too_large());
+        let mut left = 0;
+        loop {
+            let carried = bus.take_pending();
+            if carried.settle.is_empty() {
+                break;
+            }
+            left += carried.settle.len();
+            carried.delivered();
+        }
+        assert_eq!(left, 99);
     }
 
     #[tokio::test]

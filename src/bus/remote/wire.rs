@@ -17,14 +17,21 @@ use crate::apply::Applier;
 use crate::bus::{Delivery, Receipt, Settle};
 use crate::command::Convergence;
 
-/// The version of the lease API's binary messages.
-pub const WIRE_VERSION: u32 = 1;
+/// The version of the lease API's binary messages (2: a retry says whether it is
+/// transient).
+pub const WIRE_VERSION: u32 = 2;
 
 /// The content type of postcard bodies.
 pub const CONTENT_TYPE: &str = "application/x-regis-postcard";
 
 /// The most messages one lease returns (`worker.batch_size`'s upper bound).
 pub const MAX_LEASE: u32 = 10_000;
+/// The most bytes of message bodies one lease returns, whatever its `max`: the hub holds a
+/// lease's messages in memory while it is filled and sent, so this (times the requests in
+/// flight) is what a remote region costs the hub's memory, however far behind it is. A
+/// lease always gets at least one message, so one message above this (a `max_message_bytes`
+/// over 8 MiB) still goes, alone.
+pub const MAX_LEASE_BYTES: usize = 8 * 1024 * 1024;
 /// The longest a lease request waits for a first message.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The longest a lease lingers to fill its batch once it has a first message.
@@ -33,9 +40,17 @@ pub const MAX_LINGER: Duration = Duration::from_secs(1);
 pub const MAX_SETTLEMENTS: usize = 20_000;
 /// A settlement's reason longer than this is cut (it is only kept as the last error).
 pub const MAX_REASON_BYTES: usize = 4096;
-/// The largest lease or settle request body: `MAX_SETTLEMENTS` settlements with receipts
-/// and reasons well within it.
+/// The most bytes of settlements (by [`Settlement::size_bound`]) a worker puts in one
+/// request. `MAX_SETTLEMENTS` settlements with full-length reasons would be ~80 MiB, so a
+/// worker with that much to settle splits it across requests.
+pub const MAX_SETTLE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest lease or settle request body the hub accepts (`413` beyond). A worker's
+/// request is at most [`MAX_SETTLE_BYTES`] of settlements plus [`REQUEST_OVERHEAD`], well
+/// within it.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The bytes a lease or settle request takes besides its settlements, at most: its other
+/// fields and the settlements' count, each a varint of at most 10 bytes.
+pub const REQUEST_OVERHEAD: usize = 64;
 
 /// `POST /v1/worker/regions/{region}/lease`: settle what is done, then lease more.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -109,6 +124,8 @@ pub enum Outcome {
         after_ms: u64,
         /// The error.
         reason: String,
+        /// The region's Redis was unavailable (not the message's fault).
+        transient: bool,
     },
     /// Poison.
     DeadLetter {
@@ -162,13 +179,28 @@ fn cut(mut reason: String) -> String {
 }
 
 impl Settlement {
+    /// Bytes this settlement takes in a request, at most: its receipt and reason, their
+    /// lengths (varints of at most 10 bytes each), the outcome's tag and delay.
+    pub fn size_bound(&self) -> usize {
+        let reason = match &self.outcome {
+            Outcome::Ack => 0,
+            Outcome::Retry { reason, .. } | Outcome::DeadLetter { reason } => reason.len(),
+        };
+        self.receipt.len() + reason + 40
+    }
+
     /// A bus settlement on the wire.
     pub fn new(receipt: Receipt, settle: Settle) -> Settlement {
         let outcome = match settle {
             Settle::Ack => Outcome::Ack,
-            Settle::Retry { after, reason } => Outcome::Retry {
+            Settle::Retry {
+                after,
+                reason,
+                transient,
+            } => Outcome::Retry {
                 after_ms: after.as_millis().min(u128::from(u64::MAX)) as u64,
                 reason: cut(reason),
+                transient,
             },
             Settle::DeadLetter { reason } => Outcome::DeadLetter {
                 reason: cut(reason),
@@ -184,9 +216,14 @@ impl Settlement {
     pub fn into_bus(self) -> (Receipt, Settle) {
         let settle = match self.outcome {
             Outcome::Ack => Settle::Ack,
-            Outcome::Retry { after_ms, reason } => Settle::Retry {
+            Outcome::Retry {
+                after_ms,
+                reason,
+                transient,
+            } => Settle::Retry {
                 after: Duration::from_millis(after_ms),
                 reason: cut(reason),
+                transient,
             },
             Outcome::DeadLetter { reason } => Settle::DeadLetter {
                 reason: cut(reason),
@@ -246,12 +283,18 @@ mod tests {
             Settle::Retry {
                 after: Duration::from_millis(250),
                 reason: long,
+                transient: true,
             },
         );
         let (receipt, settle) = s.into_bus();
         assert_eq!(receipt.0, "r:1:2");
         match settle {
-            Settle::Retry { after, reason } => {
+            Settle::Retry {
+                after,
+                reason,
+                transient,
+            } => {
+                assert!(transient);
                 assert_eq!(after, Duration::from_millis(250));
                 assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
                 assert!(reason.ends_with('…'));
@@ -260,6 +303,37 @@ mod tests {
         }
         let ack = Settlement::new(Receipt("f:1:1".into()), Settle::Ack).into_bus();
         assert_eq!(ack.1, Settle::Ack);
+    }
+
+    #[test]
+    fn a_settlement_never_takes_more_than_its_size_bound() {
+        let long = "x".repeat(MAX_REASON_BYTES * 2);
+        let receipt =
+            || Receipt("1780000000000 $JS.ACK.REGIS.r0.1.5.5.1780000000000000000.0 7 9".into());
+        for settle in [
+            Settle::Ack,
+            Settle::Retry {
+                after: Duration::MAX,
+                reason: long.clone(),
+                transient: true,
+            },
+            Settle::DeadLetter {
+                reason: long.clone(),
+            },
+        ] {
+            let s = Settlement::new(receipt(), settle);
+            let encoded = postcard::to_stdvec(&s).unwrap().len();
+            assert!(encoded <= s.size_bound(), "{encoded} > {}", s.size_bound());
+        }
+        let request = LeaseRequest {
+            max: u32::MAX,
+            wait_ms: u32::MAX,
+            linger_ms: u32::MAX,
+            settle: vec![],
+            session: u64::MAX,
+        };
+        assert!(postcard::to_stdvec(&request).unwrap().len() + 10 <= REQUEST_OVERHEAD);
+        const { assert!(MAX_SETTLE_BYTES + REQUEST_OVERHEAD <= MAX_REQUEST_BYTES) };
     }
 
     #[test]
