@@ -330,7 +330,7 @@ impl BatchLoad {
     }
 
     async fn wait_for(&self, n: usize) {
-        let reached = eventually(Duration::from_secs(30), || async { self.acked() >= n }).await;
+        let reached = eventually(Duration::from_secs(120), || async { self.acked() >= n }).await;
         assert!(
             reached,
             "the load reached {n} acknowledged messages (at {})",

@@ -371,7 +371,9 @@ impl Load {
     }
 
     async fn wait_for(&self, n: usize) {
-        let reached = eventually(Duration::from_secs(30), || async { self.acked() >= n }).await;
+        // Generous: each publish waits for an fsync, which a machine busy writing other files
+        // can stretch to tens of milliseconds; passing runs take a few seconds.
+        let reached = eventually(Duration::from_secs(120), || async { self.acked() >= n }).await;
         assert!(
             reached,
             "the load reached {n} acknowledged messages (at {})",
