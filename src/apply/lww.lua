@@ -18,8 +18,8 @@
 --   d deadline ms (0 = none)                     e the version just after d's millisecond
 --   x M's own expiry ms (0 = none)               c '1' when R exists
 --   g the newest member register (ZERO = no H)
---   p prune floor: the newest register pruned from H (ZERO = none, or not above f); a member
---     without a register in H counts as having register p
+--   p prune floor: the newest register pruned from H ('0' or absent = ZERO: none, or not
+--     above f); a member without a register in H counts as having register p
 --   n dead registers (of absent members) the last prune kept because they were too recent;
 --     the next prune waits until H has grown past them (0 = none, or no H)
 -- States written before p and n existed (7 fields, or a bare f) read as p = ZERO, n = 0; a
@@ -87,7 +87,8 @@ do
           local p = {}
           for part in string.gmatch(v, '[^,]+') do p[#p + 1] = part end
           s.f, s.t, s.d, s.e, s.x, s.c, s.g = p[1], p[2], tonumber(p[3]), p[4], tonumber(p[5]), p[6] == '1', p[7]
-          s.p = p[8] or ZERO
+          -- A state with n but no prune floor writes p as '0'.
+          if p[8] and #p[8] == 19 then s.p = p[8] end
           s.n = tonumber(p[9] or '0')
         end
       end
@@ -106,7 +107,7 @@ local function pack(s)
   if s.g ~= ZERO then n = s.n end
   if s.t == s.f and s.d == 0 and s.x == 0 and not s.c and s.g == ZERO and p == ZERO then return s.f end
   local parts = { s.f, s.t, num(s.d), s.e, num(s.x), s.c and '1' or '0', s.g }
-  if p ~= ZERO or n > 0 then parts[8] = p end
+  if p ~= ZERO then parts[8] = p elseif n > 0 then parts[8] = '0' end
   if n > 0 then parts[9] = num(n) end
   return table.concat(parts, ',')
 end
