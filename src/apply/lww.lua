@@ -8,15 +8,23 @@
 --   R = __regis:c:{...}  sorted set of counter records "<version>|<kind><delta>|<field>"
 --                        (all scores 0; kind i=INCRBY f=INCRBYFLOAT h=HINCRBY g=HINCRBYFLOAT
 --                        z=ZINCRBY)
--- ARGV: tombstone ttl (ms), counter cutoff version, message count, then per message its op
--- count and ops; an op is: code, key index i, version, operand count, operands (lww.rs).
+-- ARGV: tombstone ttl (ms), cutoff version (now - tombstone ttl: the horizon), message count,
+-- then per message its op count and ops; an op is: code, key index i, version, operand count,
+-- operands (lww.rs).
 --
 -- Versions are 19-digit zero-padded strings: string order is version order.
--- M holds the key's state: just f when nothing else is set, else "f,t,d,e,x,c,g":
+-- M holds the key's state: just f when nothing else is set, else "f,t,d,e,x,c,g[,p[,n]]":
 --   f floor: last whole-key write or delete      t TTL register version
 --   d deadline ms (0 = none)                     e the version just after d's millisecond
 --   x M's own expiry ms (0 = none)               c '1' when R exists
 --   g the newest member register (ZERO = no H)
+--   p prune floor: the newest register pruned from H ('0' or absent = ZERO: none, or not
+--     above f); a member without a register in H counts as having register p
+--   n dead registers (of absent members) the last prune kept because they were too recent;
+--     the next prune waits until H has grown past them (0 = none, or no H)
+-- States written before p and n existed (7 fields, or a bare f) read as p = ZERO, n = 0; a
+-- state with g = ZERO always has p <= f and n = 0, so the bare-floor form (the only one the
+-- fast path, lww_fast.lua, handles) never hides a prune floor.
 --
 -- Returns one entry per message: 0 when applied (or superseded), else the error text.
 
@@ -69,7 +77,7 @@ do
     local last = math.min(#names, j + 999)
     local raw = redis.call('MGET', unpack(names, j, last))
     for k = 1, #raw do
-      local s = { f = ZERO, t = ZERO, d = 0, e = ZERO, x = 0, c = false, g = ZERO }
+      local s = { f = ZERO, t = ZERO, d = 0, e = ZERO, x = 0, c = false, g = ZERO, p = ZERO, n = 0 }
       local v = raw[k]
       if v then
         if #v == 19 then
@@ -79,6 +87,9 @@ do
           local p = {}
           for part in string.gmatch(v, '[^,]+') do p[#p + 1] = part end
           s.f, s.t, s.d, s.e, s.x, s.c, s.g = p[1], p[2], tonumber(p[3]), p[4], tonumber(p[5]), p[6] == '1', p[7]
+          -- A state with n but no prune floor writes p as '0'.
+          if p[8] and #p[8] == 19 then s.p = p[8] end
+          s.n = tonumber(p[9] or '0')
         end
       end
       states[j + k - 1] = s
@@ -88,8 +99,17 @@ do
 end
 
 local function pack(s)
-  if s.t == s.f and s.d == 0 and s.x == 0 and not s.c and s.g == ZERO then return s.f end
-  return table.concat({ s.f, s.t, num(s.d), s.e, num(s.x), s.c and '1' or '0', s.g }, ',')
+  -- Every op that compares member registers is newer than f, so a prune floor at or below f
+  -- no longer refuses anything; without H there is nothing to prune.
+  local p = ZERO
+  if s.p > s.f then p = s.p end
+  local n = 0
+  if s.g ~= ZERO then n = s.n end
+  if s.t == s.f and s.d == 0 and s.x == 0 and not s.c and s.g == ZERO and p == ZERO then return s.f end
+  local parts = { s.f, s.t, num(s.d), s.e, num(s.x), s.c and '1' or '0', s.g }
+  if p ~= ZERO then parts[8] = p elseif n > 0 then parts[8] = '0' end
+  if n > 0 then parts[9] = num(n) end
+  return table.concat(parts, ',')
 end
 
 -- Writes wait here and go out together: plain SETs and state updates in one MSET.
@@ -162,8 +182,9 @@ local function exists(i)
   return redis.call('EXISTS', K(i)) == 1
 end
 
-local function register_of(i, member)
-  return redis.call('HGET', H(i), member) or ZERO
+-- A member's register; one pruned (or never written) counts as the prune floor.
+local function register_of(i, s, member)
+  return redis.call('HGET', H(i), member) or s.p
 end
 
 -- Counter records newer than `from`, in version order, that `wanted(kind, field, version)`
@@ -242,6 +263,7 @@ local function destroy(i, s, vd)
     if s.g ~= ZERO then
       call('DEL', H(i))
       s.g = ZERO
+      s.n = 0
     end
   end
   if s.c then
@@ -249,7 +271,7 @@ local function destroy(i, s, vd)
     -- those newer than its last assignment or removal.
     replay(i, s, vd, function(kind, field, version)
       if is_string_kind(kind) then return true end
-      return kept_registers[field] == nil and version > register_of(i, field)
+      return kept_registers[field] == nil and version > register_of(i, s, field)
     end)
     call('ZREMRANGEBYLEX', R(i), '-', '(' .. vd)
   end
@@ -310,8 +332,9 @@ local function increment(i, rec, ...)
   redis.call('ZREMRANGEBYLEX', R(i), '-', '(' .. CUTOFF)
 end
 
--- Indexes of `members` whose registers are older than v.
-local function newer_members(i, v, members)
+-- Indexes of `members` whose registers are older than v (a missing register is the prune
+-- floor's).
+local function newer_members(i, s, v, members)
   local got = {}
   local j = 1
   while j <= #members do
@@ -322,7 +345,7 @@ local function newer_members(i, v, members)
   end
   local fresh = {}
   for k = 1, #members do
-    if v > (got[k] or ZERO) then fresh[#fresh + 1] = k end
+    if v > (got[k] or s.p) then fresh[#fresh + 1] = k end
   end
   return fresh
 end
@@ -339,6 +362,45 @@ local function set_registers(i, s, v, members, fresh)
     s.g = v
     save(i)
   end
+end
+
+-- Registers of members that are no longer in the key are tombstones. Past the horizon
+-- (older than CUTOFF) they may go: the prune floor p rises to the newest one pruned, and
+-- since a missing register counts as p, only a write older than p — so older than the
+-- horizon — is refused where the tombstone would have let it through. Present members keep
+-- their registers (a late DEL needs them to tell which members to keep), and so do the
+-- registers at g, so H never vanishes under a state that says it exists.
+-- Runs after a removal, once H holds more than twice as many registers as the key has
+-- members (plus slack, plus twice the recent tombstones the last prune had to keep), so its
+-- O(HLEN) work is paid for by the removals that grew H: amortised O(1) per removal.
+local PRUNE_SLACK = 32
+local CARDINALITY = { hash = 'HLEN', set = 'SCARD', zset = 'ZCARD' }
+local MEMBERS = { hash = { 'HKEYS' }, set = { 'SMEMBERS' }, zset = { 'ZRANGE', 0, -1 } }
+local function prune(i, s, kind)
+  local size = redis.call('HLEN', H(i))
+  if size <= PRUNE_SLACK + 2 * s.n then return end
+  if size <= 2 * call(CARDINALITY[kind], K(i)) + PRUNE_SLACK + 2 * s.n then return end
+  local listing = MEMBERS[kind]
+  local members = call(listing[1], K(i), unpack(listing, 2))
+  local present = {}
+  for _, m in ipairs(members) do present[m] = true end
+  local registers = call('HGETALL', H(i))
+  local dead = {}
+  local recent = 0
+  for j = 1, #registers, 2 do
+    local member, r = registers[j], registers[j + 1]
+    if not present[member] then
+      if r >= CUTOFF then
+        recent = recent + 1
+      elseif r < s.g then
+        dead[#dead + 1] = member
+        if r > s.p then s.p = r end
+      end
+    end
+  end
+  chunked('HDEL', { H(i) }, dead)
+  s.n = recent
+  save(i)
 end
 
 local ops = {}
@@ -381,6 +443,7 @@ ops.S = function(i, v, a)
     -- Registers of an older incarnation's members are all older than this write.
     call('DEL', H(i))
     s.g = ZERO
+    s.n = 0
   end
   if s.d == 0 and not s.c then
     -- The common case: the value and the state go out with the batch's single MSET, which
@@ -431,7 +494,7 @@ local function field_counter(kind, command)
     local s = load(i)
     if v <= s.f then return end
     flush_key(i)
-    if v <= register_of(i, member) then return end
+    if v <= register_of(i, s, member) then return end
     local rec = record(i, s, v, kind, delta, member)
     if not rec then return end
     if command == 'ZINCRBY' then
@@ -448,7 +511,8 @@ ops.HF = field_counter('g', 'HINCRBYFLOAT')
 ops.ZI = field_counter('z', 'ZINCRBY')
 
 -- Member assignments and removals: operands n, then n members (or n pairs: field value for
--- HSET, score member for ZADD).
+-- HSET, score member for ZADD). `removes` is the collection type a removal applies to, nil
+-- for an assignment.
 local function members_op(command, paired, value_first, removes, kinds)
   return function(i, v, a)
     local s = load(i)
@@ -469,7 +533,7 @@ local function members_op(command, paired, value_first, removes, kinds)
         members[j] = a[1 + j]
       end
     end
-    local fresh = newer_members(i, v, members)
+    local fresh = newer_members(i, s, v, members)
     if #fresh == 0 then return end
     local items = {}
     for _, k in ipairs(fresh) do
@@ -492,6 +556,7 @@ local function members_op(command, paired, value_first, removes, kinds)
       for _, k in ipairs(fresh) do touched[members[k]] = true end
       replay(i, s, v, function(kind, field) return kinds[kind] and touched[field] end)
     end
+    if removes then prune(i, s, removes) end
     local live = true
     if removes then live = exists(i) end
     if live then apply_deadline(i, s) end
@@ -501,11 +566,11 @@ end
 local hash_kinds = { h = true, g = true }
 local zset_kinds = { z = true }
 ops.HS = members_op('HSET', true, false, false, hash_kinds)
-ops.HD = members_op('HDEL', false, false, true, hash_kinds)
+ops.HD = members_op('HDEL', false, false, 'hash', hash_kinds)
 ops.SA = members_op('SADD', false, false, false, nil)
-ops.SR = members_op('SREM', false, false, true, nil)
+ops.SR = members_op('SREM', false, false, 'set', nil)
 ops.ZA = members_op('ZADD', true, true, false, zset_kinds)
-ops.ZR = members_op('ZREM', false, false, true, zset_kinds)
+ops.ZR = members_op('ZREM', false, false, 'zset', zset_kinds)
 
 -- PEXPIREAT key d: operands d, e. The TTL register is compared with t only: a newer
 -- SET ... KEEPTTL raised the data floor but kept whatever TTL this sets.

@@ -11,6 +11,9 @@
 //! The script reads every state of a batch with one `MGET` and writes plain SETs and states
 //! back with one `MSET`, because inside Redis each `redis.call` costs more than the write it
 //! makes.
+//! Metadata older than `tombstone_ttl` (the horizon) is collected as the script goes:
+//! counter records, and the registers of members removed from a collection (a prune floor in
+//! the key's state then stands for them).
 //! `docs/convergence.md` describes the metadata and its cost.
 //!
 //! Metadata key names: for a data key `K`, `__regis:m:{K}` (state), `__regis:h:{K}` (member
@@ -425,6 +428,8 @@ impl LwwScript {
         }
         if !sent.is_empty() {
             let tomb_ms = self.tombstone_ttl.as_millis() as u64;
+            // The horizon: counter records and removed members' registers older than this
+            // may be collected.
             let cutoff = version_arg(Version::at_ms(now_ms().saturating_sub(tomb_ms)));
             let mut invocation = script().prepare_invoke();
             for key in &call.keys {
