@@ -17,6 +17,7 @@
 //!
 //! * One thread owns the write connection ([`store`]); every change goes through it and is
 //!   group-committed: all requests waiting when a transaction starts share its fsync.
+//! * WAL checkpoints run on a thread of their own ([`checkpoint`]), never inside a commit.
 //! * A publish is answered only after its transaction committed with `synchronous=FULL`
 //!   (WAL mode): acknowledged means on disk. Transactions holding no publish commit with
 //!   `synchronous=NORMAL`; the WAL keeps them ordered before the next FULL commit.
@@ -31,6 +32,7 @@
 //!   past the cap fails alone (a savepoint) with a "bus full" error; the rest of its group
 //!   commit goes through, and non-publishing work has a little headroom so the bus drains.
 
+mod checkpoint;
 mod store;
 
 use std::path::Path;
@@ -61,6 +63,8 @@ struct Inner {
     available: watch::Receiver<u64>,
     regions: Vec<String>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropped after the writer thread has stopped (fields drop after `Drop::drop`).
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl Drop for Inner {
@@ -92,12 +96,9 @@ impl EmbeddedBus {
             )
         })?;
         let (available_tx, available) = watch::channel(0);
-        let store = Store::open(
-            &data_dir.join("bus.sqlite3"),
-            regions,
-            options,
-            available_tx,
-        )?;
+        let path = data_dir.join("bus.sqlite3");
+        let store = Store::open(&path, regions, options, available_tx)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let (requests, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("regis-bus-writer".into())
@@ -114,6 +115,7 @@ impl EmbeddedBus {
                 available,
                 regions: regions.to_vec(),
                 thread: std::sync::Mutex::new(Some(thread)),
+                _checkpointer: checkpointer,
             }),
         })
     }

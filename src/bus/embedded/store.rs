@@ -339,7 +339,9 @@ impl Store {
              PRAGMA synchronous=FULL;
              PRAGMA busy_timeout=5000;
              PRAGMA cache_size=-65536;
-             PRAGMA journal_size_limit=67108864;",
+             PRAGMA journal_size_limit=67108864;
+             -- Checkpoints run on their own thread (checkpoint.rs), never inside a commit.
+             PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(|e| storage(&e))?;
         conn.execute_batch(SCHEMA).map_err(|err| {
