@@ -73,8 +73,15 @@ impl Recorder {
     }
 }
 
+/// Calls of a fixed-rate run in flight at once, at most. An open loop with no bound opens a
+/// connection per waiting HTTP request once the target falls behind, until the process runs
+/// out of file descriptors; past this many the run falls behind its schedule instead, and
+/// the achieved rate it reports is below the offered one.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Offers `rate` writes per second for `duration`, each its own call of `send(n)` (as
-/// independent clients would send them), and records the time each call takes.
+/// independent clients would send them, at most [`MAX_IN_FLIGHT`] at once), and records the
+/// time each call takes.
 pub async fn fixed_rate<F, Fut>(
     rate: u64,
     duration: Duration,
@@ -95,6 +102,13 @@ where
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize)
             .min((duration.as_secs_f64() * rate as f64) as usize);
         while sent < due {
+            if inflight.len() >= MAX_IN_FLIGHT {
+                match inflight.join_next().await {
+                    Some(done) => done??,
+                    None => break,
+                }
+                continue;
+            }
             let call = send(sent);
             let recorder = recorder.clone();
             inflight.spawn(async move {
