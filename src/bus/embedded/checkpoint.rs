@@ -7,12 +7,16 @@
 //! 5,000 messages/s fell from 9–90 ms to 4–7 ms once it moved here). So the writer runs with
 //! `wal_autocheckpoint = 0` and this thread, on a connection of its own, runs a `PASSIVE`
 //! checkpoint every [`INTERVAL`]: it copies what no reader still needs without taking any
-//! lock the writer waits for, and the writer restarts the WAL from its beginning once a
-//! checkpoint caught up. Should the WAL still outgrow [`WAL_LIMIT_PAGES`] (a writer so
-//! busy that passive checkpoints never catch up), one `TRUNCATE` checkpoint — which does
-//! wait for the writer — bounds it.
+//! lock the writer waits for. The writer starts the WAL over only when a checkpoint has
+//! caught up with it, which a writer that never pauses does not allow; so once the WAL
+//! passes [`WAL_RESTART_PAGES`], this thread raises a flag ([`WalRestart`]) and the writer,
+//! between two transactions, runs a `RESTART` checkpoint itself: it copies only the few
+//! pages written since the last passive one and fsyncs, and its next commit starts the WAL
+//! from its beginning (SQLite truncates it to `journal_size_limit`). Done from this thread,
+//! the restart would wait for the writer's lock and a busy writer could starve it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,8 +28,27 @@ use crate::bus::{BusError, BusErrorKind};
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(200);
 
-/// WAL pages left after a passive checkpoint beyond which a blocking one runs.
-const WAL_LIMIT_PAGES: i64 = 16_384;
+/// WAL length (pages) past which the WAL is started over (16 MiB with 4 KiB pages).
+const WAL_RESTART_PAGES: i64 = 4_096;
+
+/// Raised by the checkpoint thread when the WAL should be started over; the writer runs
+/// [`WalRestart::run_if_wanted`] between transactions.
+#[derive(Clone, Default)]
+pub(super) struct WalRestart(Arc<AtomicBool>);
+
+impl WalRestart {
+    fn want(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// On the writer's connection, outside any transaction: restarts the WAL when asked.
+    pub(super) fn run_if_wanted(&self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.0.swap(false, Ordering::Relaxed) {
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
 
 /// The checkpoint thread; stops (after one last checkpoint) when dropped.
 pub(super) struct Checkpointer {
@@ -35,7 +58,7 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts checkpointing the WAL database at `path` (already created by the writer).
-    pub(super) fn start(path: &Path) -> Result<Checkpointer, BusError> {
+    pub(super) fn start(path: &Path, restart: WalRestart) -> Result<Checkpointer, BusError> {
         let conn = Connection::open(path)
             .and_then(|conn| {
                 conn.execute_batch("PRAGMA busy_timeout=5000;")?;
@@ -55,7 +78,7 @@ impl Checkpointer {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("regis-bus-checkpoint".into())
-                .spawn(move || run(&conn, &stop))
+                .spawn(move || run(&conn, &stop, &restart))
                 .map_err(|err| {
                     BusError::new(
                         BusErrorKind::Storage,
@@ -83,7 +106,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar)) {
+fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar), restart: &WalRestart) {
     let (stopped, wake) = stop;
     let mut failing = false;
     loop {
@@ -94,7 +117,7 @@ fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar)) {
             },
             Err(_) => true,
         };
-        match checkpoint(conn) {
+        match checkpoint(conn, restart) {
             Ok(()) => failing = false,
             // Logged once per failing spell: a full disk fails every attempt until freed.
             Err(err) if !failing => {
@@ -109,15 +132,15 @@ fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar)) {
     }
 }
 
-/// One passive checkpoint, and a truncating one when the WAL stays too long.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+/// One passive checkpoint; asks the writer to start the WAL over when it has grown long.
+fn checkpoint(conn: &Connection, restart: &WalRestart) -> rusqlite::Result<()> {
     // (busy, frames in the WAL, frames checkpointed); -1 when the database is not in WAL mode.
-    let (_, log, done): (i64, i64, i64) =
+    let (_, log, _): (i64, i64, i64) =
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    if log - done > WAL_LIMIT_PAGES || log > 4 * WAL_LIMIT_PAGES {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    if log > WAL_RESTART_PAGES {
+        restart.want();
     }
     Ok(())
 }
@@ -142,7 +165,7 @@ mod tests {
             )
             .expect("set up");
         let empty = std::fs::metadata(&path).expect("db file").len();
-        let _checkpointer = Checkpointer::start(&path).expect("start");
+        let _checkpointer = Checkpointer::start(&path, WalRestart::default()).expect("start");
         for _ in 0..500 {
             writer
                 .execute("INSERT INTO t (body) VALUES (zeroblob(4096))", [])
@@ -160,5 +183,45 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A writer that never pauses still gets its WAL started over: the file stays bounded
+    /// instead of growing with everything written.
+    #[test]
+    fn the_wal_of_a_writer_that_never_pauses_stays_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bus.sqlite3");
+        let writer = Connection::open(&path).expect("open");
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+                 PRAGMA journal_size_limit=16777216;
+                 CREATE TABLE t (body BLOB);",
+            )
+            .expect("set up");
+        let restart = WalRestart::default();
+        let _checkpointer = Checkpointer::start(&path, restart.clone()).expect("start");
+        let wal = dir.path().join("bus.sqlite3-wal");
+        // About 200 MiB written in commits of 64 rows of 4,000 bytes, with no pause.
+        let mut largest = 0;
+        for _ in 0..800 {
+            writer
+                .execute_batch(
+                    "BEGIN;
+                     INSERT INTO t (body) SELECT zeroblob(4000) FROM
+                       (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64)
+                        SELECT i FROM n);
+                     DELETE FROM t WHERE rowid < (SELECT MAX(rowid) - 256 FROM t);
+                     COMMIT;",
+                )
+                .expect("commit");
+            restart.run_if_wanted(&writer).expect("restart");
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        let bound = 100 * 1024 * 1024;
+        assert!(
+            largest < bound,
+            "the WAL reached {largest} bytes (bound {bound}) of ~200 MiB written"
+        );
     }
 }

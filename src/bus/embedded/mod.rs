@@ -97,8 +97,9 @@ impl EmbeddedBus {
         })?;
         let (available_tx, available) = watch::channel(0);
         let path = data_dir.join("bus.sqlite3");
-        let store = Store::open(&path, regions, options, available_tx)?;
-        let checkpointer = checkpoint::Checkpointer::start(&path)?;
+        let restart = checkpoint::WalRestart::default();
+        let store = Store::open(&path, regions, options, available_tx, restart.clone())?;
+        let checkpointer = checkpoint::Checkpointer::start(&path, restart)?;
         let (requests, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("regis-bus-writer".into())

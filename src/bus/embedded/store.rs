@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
+use super::checkpoint::WalRestart;
 use crate::bus::{
     BusError, BusErrorKind, DeadLetter, Delivery, LEASE_EXPIRED_ERROR, Outgoing, QueueStats,
     Receipt, Selection, Settle, dead_lettered_event, lease_expired_event, leases_expired_counted,
@@ -319,6 +320,8 @@ pub(super) struct Store {
     /// Bytes the database uses (pages in use), measured at the start of each transaction
     /// when there is a cap, plus what this transaction's publishes added.
     used_bytes: u64,
+    /// Set by the checkpoint thread when the WAL should start over (see `checkpoint`).
+    wal_restart: WalRestart,
 }
 
 impl Store {
@@ -327,6 +330,7 @@ impl Store {
         regions: &[String],
         options: StoreOptions,
         available: watch::Sender<u64>,
+        wal_restart: WalRestart,
     ) -> Result<Store, BusError> {
         let conn = Connection::open(path).map_err(|err| {
             BusError::new(
@@ -375,6 +379,7 @@ impl Store {
             high_water: None,
             persisted_high_water: None,
             sync_full: true,
+            wal_restart,
             available,
             last_lease_check: Instant::now(),
             last_gc: Instant::now(),
@@ -516,6 +521,9 @@ impl Store {
                 self.transaction(rest, false);
             } else {
                 self.transaction(batch, false);
+            }
+            if let Err(err) = self.wal_restart.run_if_wanted(&self.conn) {
+                tracing::warn!(error = %err, "embedded bus: restarting the WAL failed; the checkpoint thread asks again");
             }
             if let Some(reply) = stop {
                 self.finish();
