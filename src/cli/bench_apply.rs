@@ -5,8 +5,8 @@
 //! It starts one `redis-server` and measures `--messages` 200-byte SETs over `--keys` keys:
 //! the raw ceiling (plain pipelined SETs, `--batch` per pipeline), the `none` applier and the
 //! `lww` applier (batches of `--batch` messages, two concurrent consumers as a region's worker
-//! runs them). Then it writes `--memory-keys` distinct keys once plainly and once through
-//! `lww`, and reports `used_memory` per key for both; and, for each shape of key the
+//! runs them), five times each, interleaved, reporting the median of each. Then it writes
+//! `--memory-keys` distinct keys once plainly and once through `lww`, and reports `used_memory` per key for both; and, for each shape of key the
 //! convergence metadata treats differently (a string with a TTL, collections, counters,
 //! removed members), the same comparison on up to 100,000 keys of that shape.
 
@@ -25,6 +25,16 @@ use crate::envelope::{Envelope, MessageId};
 use crate::redis_process::{RedisProcess, connect};
 
 const CONSUMERS: usize = 2;
+
+/// How many times each apply path is measured (see `run`).
+const APPLY_ROUNDS: usize = 5;
+
+/// The median of `values` (the upper one of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
 
 fn envelopes(
     clock: &HybridClock,
@@ -55,6 +65,33 @@ async fn reset_stats(url: &str) -> anyhow::Result<()> {
         .query_async::<()>(&mut conn)
         .await?;
     Ok(())
+}
+
+/// CPU seconds (user + system) the Redis at `url` has used since it started.
+async fn redis_cpu_secs(url: &str) -> anyhow::Result<f64> {
+    let mut conn = connect(url).await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Ok(
+        field("used_cpu_user:").context("INFO cpu has no used_cpu_user")?
+            + field("used_cpu_sys:").context("INFO cpu has no used_cpu_sys")?,
+    )
+}
+
+/// Runs one apply measurement and answers (SETs/s, µs of Redis CPU per SET).
+async fn with_redis_cpu(
+    url: &str,
+    messages: usize,
+    run: impl std::future::Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<(f64, f64)> {
+    let before = redis_cpu_secs(url).await?;
+    let rate = run.await?;
+    let used = redis_cpu_secs(url).await? - before;
+    Ok((rate, used * 1e6 / messages.max(1) as f64))
 }
 
 /// `used_memory` of the Redis at `url`, bytes.
@@ -298,47 +335,88 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "regis bench --suite apply: one redis-server, {} SETs of {} bytes over {} keys, batches of {}",
         args.messages, args.value_size, args.keys, args.batch
     );
-    eprintln!("[1/4] raw pipelined SET ceiling ...");
-    let raw = raw_ceiling(&url, args.messages, args.keys, args.batch, &value).await?;
-    flush(std::slice::from_ref(&url)).await?;
-    eprintln!("[2/4] none applier ...");
-    let none = through_applier(
-        &url,
-        Convergence::None,
-        args.messages,
-        args.keys,
-        args.batch,
-        &value,
-    )
-    .await?;
-    flush(std::slice::from_ref(&url)).await?;
-    eprintln!("[3/4] lww applier ...");
-    // Where the time goes inside Redis, on request: per-command call counts and µs per call.
+    // One pass over 200,000 SETs takes a fraction of a second, so a single measurement of
+    // each path catches whatever else the machine did in that moment (ceilings of 330k and
+    // 980k SETs/s in two consecutive runs here). Each path is measured in every round, the
+    // three interleaved, and the median round of each is reported.
     let commandstats = std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some();
-    if commandstats {
-        reset_stats(&url).await?;
+    let (mut raws, mut nones, mut lwws) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=APPLY_ROUNDS {
+        eprintln!(
+            "[{round}/{APPLY_ROUNDS}] raw pipelined SET ceiling, none applier, lww applier ..."
+        );
+        let raw = with_redis_cpu(
+            &url,
+            args.messages,
+            raw_ceiling(&url, args.messages, args.keys, args.batch, &value),
+        )
+        .await?;
+        flush(std::slice::from_ref(&url)).await?;
+        let none = with_redis_cpu(
+            &url,
+            args.messages,
+            through_applier(
+                &url,
+                Convergence::None,
+                args.messages,
+                args.keys,
+                args.batch,
+                &value,
+            ),
+        )
+        .await?;
+        flush(std::slice::from_ref(&url)).await?;
+        // Where the time goes inside Redis, on request: per-command call counts and µs per
+        // call, for the last round's lww run.
+        let stats_now = commandstats && round == APPLY_ROUNDS;
+        if stats_now {
+            reset_stats(&url).await?;
+        }
+        let lww = with_redis_cpu(
+            &url,
+            args.messages,
+            through_applier(
+                &url,
+                Convergence::Lww,
+                args.messages,
+                args.keys,
+                args.batch,
+                &value,
+            ),
+        )
+        .await?;
+        if stats_now {
+            let mut conn = connect(&url).await?;
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await?;
+            eprintln!("{stats}");
+        }
+        flush(std::slice::from_ref(&url)).await?;
+        eprintln!(
+            "      ceiling {:.0}/s, none {:.0}/s ({:.2}), lww {:.0}/s ({:.2}); Redis CPU per SET {:.2} / {:.2} / {:.2} µs",
+            raw.0,
+            none.0,
+            none.0 / raw.0,
+            lww.0,
+            lww.0 / raw.0,
+            raw.1,
+            none.1,
+            lww.1
+        );
+        raws.push(raw);
+        nones.push(none);
+        lwws.push(lww);
     }
-    let lww = through_applier(
-        &url,
-        Convergence::Lww,
-        args.messages,
-        args.keys,
-        args.batch,
-        &value,
-    )
-    .await?;
-    if commandstats {
-        let mut conn = connect(&url).await?;
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await?;
-        eprintln!("{stats}");
-    }
-    flush(std::slice::from_ref(&url)).await?;
+    let lww_ratios: Vec<f64> = lwws.iter().zip(&raws).map(|(l, r)| l.0 / r.0).collect();
+    let rates = |runs: &[(f64, f64)]| median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+    let cpus = |runs: &[(f64, f64)]| median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+    let (raw, none, lww) = (rates(&raws), rates(&nones), rates(&lwws));
+    let (raw_cpu, none_cpu, lww_cpu) = (cpus(&raws), cpus(&nones), cpus(&lwws));
 
     eprintln!(
-        "[4/4] memory: {} distinct keys, plain and through lww ...",
+        "memory: {} distinct keys, plain and through lww ...",
         args.memory_keys
     );
     let empty = used_memory(&url).await?;
@@ -387,11 +465,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("| apply path (one Redis) | SETs/s | ratio to raw ceiling |");
-    println!("|---|---:|---:|");
-    println!("| raw pipelined SET (ceiling) | {raw:.0} | 1.00 |");
-    println!("| regis `none` applier | {none:.0} | {:.2} |", none / raw);
-    println!("| regis `lww` applier | {lww:.0} | {:.2} |", lww / raw);
+    println!(
+        "| apply path (one Redis) | SETs/s | ratio to raw ceiling | Redis CPU per SET | × ceiling's |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    println!("| raw pipelined SET (ceiling) | {raw:.0} | 1.00 | {raw_cpu:.2} µs | 1.00 |");
+    println!(
+        "| regis `none` applier | {none:.0} | {:.2} | {none_cpu:.2} µs | {:.2} |",
+        none / raw,
+        none_cpu / raw_cpu
+    );
+    println!(
+        "| regis `lww` applier | {lww:.0} | {:.2} | {lww_cpu:.2} µs | {:.2} |",
+        lww / raw,
+        lww_cpu / raw_cpu
+    );
+    println!();
+    println!(
+        "Medians of {APPLY_ROUNDS} interleaved rounds; the `lww` throughput ratio within each round: {}.",
+        lww_ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!();
     println!(
         "| memory, {} keys of {} bytes | bytes per key |",
