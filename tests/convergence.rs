@@ -677,14 +677,20 @@ fn step() -> impl Strategy<Value = Step> {
     proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u16>()), 1..=3)
 }
 
-#[test]
-fn lww_converges_to_the_in_order_state_under_any_delivery() {
+/// Runs `check` on `default_cases` (or `REGIS_CONVERGENCE_CASES`) cases of `strategy`, each
+/// turned into check's arguments by `case`, against a region and a reference Redis of its
+/// own; shrunk failures are kept in `convergence.regressions`.
+fn run_convergence<S: Strategy>(
+    default_cases: u32,
+    strategy: S,
+    case: impl Fn(S::Value) -> (Option<Prelude>, Vec<Step>, u64),
+) {
     let config = ProptestConfig {
         // REGIS_CONVERGENCE_CASES=5000 for a longer soak.
         cases: std::env::var("REGIS_CONVERGENCE_CASES")
             .ok()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(300),
+            .unwrap_or(default_cases),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         source_file: Some(file!()),
         ..ProptestConfig::default()
@@ -700,50 +706,35 @@ fn lww_converges_to_the_in_order_state_under_any_delivery() {
         .build()
         .unwrap();
     let mut runner = TestRunner::new(config);
-    let result = runner.run(
-        &(proptest::collection::vec(step(), 1..40), any::<u64>()),
-        |(steps, seed)| runtime.block_on(check(&servers, None, steps, seed)),
-    );
+    let result = runner.run(&strategy, |value| {
+        let (prelude, steps, seed) = case(value);
+        runtime.block_on(check(&servers, prelude, steps, seed))
+    });
     if let Err(err) = result {
         panic!("{err}");
     }
 }
 
 #[test]
+fn lww_converges_to_the_in_order_state_under_any_delivery() {
+    run_convergence(
+        300,
+        (proptest::collection::vec(step(), 1..40), any::<u64>()),
+        |(steps, seed)| (None, steps, seed),
+    );
+}
+
+#[test]
 fn lww_converges_when_removed_members_were_pruned_before_the_horizon() {
-    let config = ProptestConfig {
-        // REGIS_CONVERGENCE_CASES=5000 for a longer soak.
-        cases: std::env::var("REGIS_CONVERGENCE_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(150),
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
-        source_file: Some(file!()),
-        ..ProptestConfig::default()
-    };
-    let servers = Servers {
-        region: RedisProcess::start().expect("the convergence tests need redis-server"),
-        reference: RedisProcess::start().expect("the convergence tests need redis-server"),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(
-        &(
+    run_convergence(
+        150,
+        (
             (0u8..=7, any::<u16>()),
             proptest::collection::vec(step(), 1..40),
             any::<u64>(),
         ),
-        |(prelude_spec, steps, seed)| {
-            runtime.block_on(check(&servers, Some(prelude_spec), steps, seed))
-        },
+        |(prelude_spec, steps, seed)| (Some(prelude_spec), steps, seed),
     );
-    if let Err(err) = result {
-        panic!("{err}");
-    }
 }
 
 /// One collection type's commands, for the pruning test.

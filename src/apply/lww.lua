@@ -212,6 +212,16 @@ end
 
 local function is_string_kind(kind) return kind == 'i' or kind == 'f' end
 
+local CARDINALITY = { hash = 'HLEN', set = 'SCARD', zset = 'ZCARD' }
+local MEMBERS = { hash = { 'HKEYS' }, set = { 'SMEMBERS' }, zset = { 'ZRANGE', 0, -1 } }
+
+-- The members of collection key i of type `kind` (none for any other type).
+local function members_of(i, kind)
+  local listing = MEMBERS[kind]
+  if not listing then return {} end
+  return call(listing[1], K(i), unpack(listing, 2))
+end
+
 -- Everything of the key older than `vd` is gone — its data and its TTL; newer member and
 -- counter writes stay. Returns whether anything changed.
 local function destroy(i, s, vd)
@@ -243,11 +253,7 @@ local function destroy(i, s, vd)
     end
     chunked('HDEL', { H(i) }, dead)
     local kind = redis.call('TYPE', K(i))['ok']
-    local members
-    if kind == 'hash' then members = call('HKEYS', K(i))
-    elseif kind == 'set' then members = call('SMEMBERS', K(i))
-    elseif kind == 'zset' then members = call('ZRANGE', K(i), 0, -1)
-    else members = {} end
+    local members = members_of(i, kind)
     local gone = {}
     for _, m in ipairs(members) do
       if not kept_registers[m] then gone[#gone + 1] = m end
@@ -374,14 +380,11 @@ end
 -- members (plus slack, plus twice the recent tombstones the last prune had to keep), so its
 -- O(HLEN) work is paid for by the removals that grew H: amortised O(1) per removal.
 local PRUNE_SLACK = 32
-local CARDINALITY = { hash = 'HLEN', set = 'SCARD', zset = 'ZCARD' }
-local MEMBERS = { hash = { 'HKEYS' }, set = { 'SMEMBERS' }, zset = { 'ZRANGE', 0, -1 } }
 local function prune(i, s, kind)
   local size = redis.call('HLEN', H(i))
   if size <= PRUNE_SLACK + 2 * s.n then return end
   if size <= 2 * call(CARDINALITY[kind], K(i)) + PRUNE_SLACK + 2 * s.n then return end
-  local listing = MEMBERS[kind]
-  local members = call(listing[1], K(i), unpack(listing, 2))
+  local members = members_of(i, kind)
   local present = {}
   for _, m in ipairs(members) do present[m] = true end
   local registers = call('HGETALL', H(i))

@@ -6,18 +6,21 @@
 //! the raw ceiling (plain pipelined SETs, `--batch` per pipeline), the `none` applier and the
 //! `lww` applier (batches of `--batch` messages, two concurrent consumers as a region's worker
 //! runs them), five times each, interleaved, reporting the median of each. Then it writes
-//! `--memory-keys` distinct keys once plainly and once through `lww`, and reports `used_memory` per key for both; and, for each shape of key the
-//! convergence metadata treats differently (a string with a TTL, collections, counters,
-//! removed members), the same comparison on up to 100,000 keys of that shape.
+//! `--memory-keys` distinct keys once plainly and once through `lww`, and reports
+//! `used_memory` per key for both; and, for each shape of key the convergence metadata
+//! treats differently (a string with a TTL, collections, counters, removed members), the
+//! same comparison on up to 100,000 keys of that shape.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
 
 use super::bench::BenchArgs;
 use super::bench::flush;
+use super::bench_verify::redis_cpu;
 use crate::apply::{Applier, RegionRedis};
 use crate::clock::{HybridClock, now_us};
 use crate::command::{Command, Convergence};
@@ -67,30 +70,15 @@ async fn reset_stats(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) the Redis at `url` has used since it started.
-async fn redis_cpu_secs(url: &str) -> anyhow::Result<f64> {
-    let mut conn = connect(url).await?;
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
-    let field = |name: &str| -> Option<f64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Ok(
-        field("used_cpu_user:").context("INFO cpu has no used_cpu_user")?
-            + field("used_cpu_sys:").context("INFO cpu has no used_cpu_sys")?,
-    )
-}
-
 /// Runs one apply measurement and answers (SETs/s, µs of Redis CPU per SET).
 async fn with_redis_cpu(
-    url: &str,
+    stats: &mut MultiplexedConnection,
     messages: usize,
     run: impl std::future::Future<Output = anyhow::Result<f64>>,
 ) -> anyhow::Result<(f64, f64)> {
-    let before = redis_cpu_secs(url).await?;
+    let before = redis_cpu(stats).await?;
     let rate = run.await?;
-    let used = redis_cpu_secs(url).await? - before;
+    let used = redis_cpu(stats).await? - before;
     Ok((rate, used * 1e6 / messages.max(1) as f64))
 }
 
@@ -340,20 +328,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // 980k SETs/s in two consecutive runs here). Each path is measured in every round, the
     // three interleaved, and the median round of each is reported.
     let commandstats = std::env::var_os("REGIS_BENCH_COMMANDSTATS").is_some();
+    let mut stats = connect(&url).await?;
     let (mut raws, mut nones, mut lwws) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=APPLY_ROUNDS {
         eprintln!(
             "[{round}/{APPLY_ROUNDS}] raw pipelined SET ceiling, none applier, lww applier ..."
         );
         let raw = with_redis_cpu(
-            &url,
+            &mut stats,
             args.messages,
             raw_ceiling(&url, args.messages, args.keys, args.batch, &value),
         )
         .await?;
         flush(std::slice::from_ref(&url)).await?;
         let none = with_redis_cpu(
-            &url,
+            &mut stats,
             args.messages,
             through_applier(
                 &url,
@@ -373,7 +362,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             reset_stats(&url).await?;
         }
         let lww = with_redis_cpu(
-            &url,
+            &mut stats,
             args.messages,
             through_applier(
                 &url,

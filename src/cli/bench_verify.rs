@@ -129,7 +129,7 @@ async fn load(
 }
 
 /// CPU seconds a `redis-server` has used so far (`INFO cpu`: user + system, all threads).
-async fn redis_cpu(conn: &mut MultiplexedConnection) -> anyhow::Result<f64> {
+pub(super) async fn redis_cpu(conn: &mut MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
     Ok(info
         .lines()

@@ -31,6 +31,38 @@ use regis::server::{Server, connect_nats, open_embedded};
 use regis::snapshot::{Entry, Snapshot};
 use serde_json::{Value, json};
 
+/// The value of one Prometheus sample: `name` with exactly these labels (in any order).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let mut found: Vec<(String, String)> = rest
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k.to_string(), v.trim_matches('"').to_string()))
+            })
+            .collect();
+        found.sort();
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        wanted.sort();
+        (found == wanted).then(|| value.parse().ok())?
+    })
+}
+
 /// Starts `n` regions' Redis, or fails the test saying how to install it.
 pub fn regions(n: usize) -> Vec<RedisProcess> {
     (0..n)

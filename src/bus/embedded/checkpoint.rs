@@ -3,8 +3,9 @@
 //! In WAL mode every commit appends to `bus.sqlite3-wal`; a checkpoint copies those pages
 //! back into the database file and fsyncs it, so the WAL can start over. SQLite's default
 //! runs one inside whichever commit crosses 1,000 pages — on the bus writer thread, where it
-//! holds up every publish and receive waiting behind it (measured: p99 publish→applied at
-//! 5,000 messages/s fell from 9–90 ms to 4–7 ms once it moved here). So the writer runs with
+//! holds up every publish and receive waiting behind it (measured with `regis bench --suite
+//! e2e --messages 100000 --duration 5s`: p99 publish→applied at 5,000 messages/s fell from
+//! 9–90 ms to 6–8 ms once it moved here). So the writer runs with
 //! `wal_autocheckpoint = 0` and this thread, on a connection of its own, runs a `PASSIVE`
 //! checkpoint every [`INTERVAL`]: it copies what no reader still needs without taking any
 //! lock the writer waits for. The writer starts the WAL over only when a checkpoint has
@@ -151,19 +152,26 @@ mod tests {
 
     use super::*;
 
-    /// With SQLite's own checkpoints off (as the writer runs), the database file grows only
-    /// through this thread's checkpoints.
-    #[test]
-    fn commits_reach_the_database_file_without_the_writer_checkpointing() {
+    /// A database in WAL mode with SQLite's own checkpoints off, as the bus writer runs it,
+    /// plus `pragmas`, and a table `t (body BLOB)` to write.
+    fn wal_writer(pragmas: &str) -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("bus.sqlite3");
         let writer = Connection::open(&path).expect("open");
         writer
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-                 CREATE TABLE t (body BLOB);",
-            )
+            .execute_batch(&format!(
+                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; {pragmas}
+                 CREATE TABLE t (body BLOB);"
+            ))
             .expect("set up");
+        (dir, path, writer)
+    }
+
+    /// With SQLite's own checkpoints off (as the writer runs), the database file grows only
+    /// through this thread's checkpoints.
+    #[test]
+    fn commits_reach_the_database_file_without_the_writer_checkpointing() {
+        let (_dir, path, writer) = wal_writer("");
         let empty = std::fs::metadata(&path).expect("db file").len();
         let _checkpointer = Checkpointer::start(&path, WalRestart::default()).expect("start");
         for _ in 0..500 {
@@ -189,16 +197,7 @@ mod tests {
     /// instead of growing with everything written.
     #[test]
     fn the_wal_of_a_writer_that_never_pauses_stays_bounded() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("bus.sqlite3");
-        let writer = Connection::open(&path).expect("open");
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-                 PRAGMA journal_size_limit=16777216;
-                 CREATE TABLE t (body BLOB);",
-            )
-            .expect("set up");
+        let (dir, path, writer) = wal_writer("PRAGMA journal_size_limit=16777216;");
         let restart = WalRestart::default();
         let _checkpointer = Checkpointer::start(&path, restart.clone()).expect("start");
         let wal = dir.path().join("bus.sqlite3-wal");
